@@ -1,0 +1,25 @@
+"""ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020), one module per idea.
+
+Timesteps are the paper's, t ∈ {1, …, T}, everywhere; index 0 of every schedule array is the clean data.
+"""
+
+from .forward import naive_chain, q_chain, q_sample, q_step
+from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
+                         prior_bpd, vlb)
+from .losses import eps_mse_weight, l_simple, variance_mismatch, weighted_eps_mse
+from .oracles import GaussianData, MemorizingOracle
+from .posterior import predict_eps_from_x0, predict_x0_from_eps, q_posterior
+from .reverse import ReverseStep, p_mean_variance, p_sample
+from .runtime import pick, run_mode, seed
+from .sampling import Trajectory, sample, sample_trajectory
+from .schedule import NoiseSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NoiseSchedule", "q_step", "q_sample", "q_chain", "naive_chain", "q_posterior", "predict_x0_from_eps",
+    "predict_eps_from_x0", "ReverseStep", "p_mean_variance", "p_sample", "normal_kl",
+    "discretized_gaussian_log_likelihood", "gaussian_log_likelihood", "prior_bpd", "VLB", "vlb", "l_simple",
+    "eps_mse_weight", "variance_mismatch", "weighted_eps_mse", "sample", "sample_trajectory", "Trajectory",
+    "MemorizingOracle", "GaussianData", "run_mode", "pick", "seed",
+]
