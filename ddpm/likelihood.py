@@ -126,13 +126,15 @@ def vlb(s: NoiseSchedule, eps_model: EpsModel, x0: Tensor, variance: str = "fixe
         xt = q_sample(s, x, t, noise)
         step = p_mean_variance(s, eps_model, xt, t, variance, clip_denoised)
         true_mean, true_var = q_posterior(s, x, xt, t)
-        term = _mean_bits(normal_kl(true_mean, true_var.log(), step.mean, step.log_variance))
+        # in float64: for t near T the KL is a small difference of O(1) numbers
+        term = _mean_bits(normal_kl(true_mean.double(), true_var.double().log(), step.mean.double(),
+                                    step.log_variance.double()))
         first = t == 1
         if first.any():
             decoder = discretized_gaussian_log_likelihood if discrete else gaussian_log_likelihood
             log_scale = (0.5 * step.log_variance).expand_as(x)[first]
-            term[first] = -_mean_bits(decoder(x[first], step.mean[first], log_scale))
-        terms[:, ts - 1] = term.double().reshape(len(ts), B).T
+            term[first] = -_mean_bits(decoder(x[first], step.mean[first], log_scale)).double()
+        terms[:, ts - 1] = term.reshape(len(ts), B).T
         mse[:, ts - 1] = ((step.eps - noise) ** 2).flatten(1).mean(1).double().reshape(len(ts), B).T
     prior = prior_bpd(s, x0).double()
     return VLB(prior + terms.sum(1), prior, terms, mse)

@@ -85,6 +85,8 @@ class NoiseSchedule:
     def check_t(self, t) -> Tensor:
         """``t`` as a long tensor, after checking that every entry is a timestep in {1, …, T}."""
         t = torch.as_tensor(t)
+        if t.numel() == 0:
+            return t.long()
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"timesteps must be integers in {{1, ..., {self.T}}}, got dtype {t.dtype}")
         if t.numel() and (t.min() < 1 or t.max() > self.T):

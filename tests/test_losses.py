@@ -1,0 +1,77 @@
+"""L_(t-1) as a weighted eps-MSE (Eq. 12) and L_simple (Eq. 14)."""
+
+import math
+
+import pytest
+import torch
+
+import ddpm
+from ddpm import NoiseSchedule
+
+Z = 5.0
+
+
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall"])
+def test_weighted_eps_mse_plus_constant_is_the_kl(variance, gen):
+    """For any eps-model (here a random linear map), Eq. 12 + D·C equals KL(q(x_(t-1)|x_t,x_0) || p_θ) exactly."""
+    s = NoiseSchedule.linear()
+    D = 6
+    W = torch.randn(D, D, generator=gen, dtype=torch.float64) * 0.3
+    model = lambda x, t: x @ W + 0.01 * t[:, None].to(x)
+    x0 = torch.rand(32, D, generator=gen, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(32, D, generator=gen, dtype=torch.float64)
+    t = torch.randint(2, s.T + 1, (32,), generator=gen)
+    weighted = ddpm.weighted_eps_mse(s, model, x0, t, noise, variance)
+    xt = ddpm.q_sample(s, x0, t, noise)
+    step = ddpm.p_mean_variance(s, model, xt, t, variance, clip_denoised=False)
+    mean, var = ddpm.q_posterior(s, x0, xt, t)
+    kl = ddpm.normal_kl(mean, var.log(), step.mean, step.log_variance).sum(1)
+    assert torch.allclose(weighted + D * ddpm.variance_mismatch(s, t, variance), kl, rtol=1e-9, atol=1e-12)
+
+
+def test_eps_mse_weight_formula():
+    s = NoiseSchedule.linear()
+    t = torch.tensor([2, 500, 1000])
+    w = ddpm.eps_mse_weight(s, t, "fixedlarge")  # sigma^2 = beta: beta / (2 alpha (1 - ab))
+    assert torch.allclose(w, s.betas[t] / (2 * s.alphas[t] * (1 - s.alpha_bars[t])), rtol=1e-12)
+
+
+def test_l_simple_of_the_optimal_model(gen):
+    """For Gaussian data the optimal model's L_simple is E_t[Var(eps | x_t)] = E_t[ab s^2 / (ab s^2 + 1 - ab)]."""
+    s = NoiseSchedule.linear(T=100, beta_1=1e-3, beta_T=0.2)
+    data = ddpm.GaussianData(s, mean=-0.2, std=0.6)
+    ab = s.alpha_bars[1:]
+    expected = (ab * 0.36 / (ab * 0.36 + 1 - ab)).mean().item()
+    per_batch = torch.stack([ddpm.l_simple(s, data, data.sample((256, 4), generator=gen), generator=gen)
+                             for _ in range(200)])
+    se = per_batch.std().item() / math.sqrt(len(per_batch))
+    assert abs(per_batch.mean().item() - expected) < Z * se
+
+
+def test_l_simple_draws_t_in_1_to_T():
+    s = NoiseSchedule.linear(T=3, beta_1=0.1, beta_T=0.3)
+    seen = set()
+
+    def model(x, t):
+        seen.update(t.tolist())
+        return torch.zeros_like(x)
+
+    for _ in range(50):
+        ddpm.l_simple(s, model, torch.zeros(16, 2))
+    assert seen == {1, 2, 3}
+
+
+def test_l_simple_is_differentiable():
+    s = NoiseSchedule.linear(T=10)
+    lin = torch.nn.Linear(2, 2)
+    loss = ddpm.l_simple(s, lambda x, t: lin(x), torch.randn(8, 2))
+    loss.backward()
+    assert lin.weight.grad is not None and loss.ndim == 0
+
+
+def test_bad_shapes():
+    s = NoiseSchedule.linear(T=10)
+    with pytest.raises(ValueError, match="eps_model returned shape"):
+        ddpm.l_simple(s, lambda x, t: x.sum(1), torch.randn(8, 2))
+    with pytest.raises(ValueError, match=r"\{1, ..., T=10\}"):
+        ddpm.l_simple(s, lambda x, t: x, torch.randn(8, 2), t=torch.zeros(8, dtype=torch.long))
