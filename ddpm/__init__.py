@@ -3,6 +3,8 @@
 Timesteps are the paper's, t ∈ {1, …, T}, everywhere; index 0 of every schedule array is the clean data.
 """
 
+from .data import (TOY_2D, CelebA, ImageArray, digits, fake_celeba, get_dataset, preprocess_celeba,
+                   to_model_range, to_uint8, toy_2d)
 from .forward import naive_chain, q_chain, q_sample, q_step
 from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
                          prior_bpd, vlb)
@@ -22,4 +24,6 @@ __all__ = [
     "discretized_gaussian_log_likelihood", "gaussian_log_likelihood", "prior_bpd", "VLB", "vlb", "l_simple",
     "eps_mse_weight", "variance_mismatch", "weighted_eps_mse", "sample", "sample_trajectory", "Trajectory",
     "MemorizingOracle", "GaussianData", "run_mode", "pick", "seed",
+    "TOY_2D", "CelebA", "ImageArray", "digits", "fake_celeba", "get_dataset", "preprocess_celeba", "to_model_range",
+    "to_uint8", "toy_2d",
 ]

@@ -1,0 +1,332 @@
+"""Tests of ddpm/data.py: the 256-level grid, digits, the 2-D toy sets, CelebA in both layouts, the .npy cache."""
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddpm
+from ddpm.data import (CELEBA_CROP, CELEBA_SIZE, TOY_2D, CelebA, ImageArray, _curve_moments, _moons, _swissroll,
+                       digits, fake_celeba, get_dataset, preprocess_celeba, to_model_range, to_uint8, toy_2d)
+from ddpm.likelihood import check_on_grid
+
+SEED = ddpm.seed()
+N_FAKE = 30  # fake_celeba's split: 24 train, 3 valid, 3 test
+
+
+# ----------------------------------------------------------------------------------------- the grid
+
+def test_levels_round_trip_and_spacing():
+    k = torch.arange(256, dtype=torch.uint8)
+    x = to_model_range(k)
+    assert x.dtype == torch.float32 and x[0] == -1 and x[-1] == 1
+    assert (x.diff() - 2 / 255).abs().max() < 1e-6
+    assert torch.equal(to_uint8(x), k)
+    assert torch.equal(to_uint8(x + 0.4 * 2 / 255), k)  # rounds to the nearest level
+    assert to_uint8(torch.tensor([-3.0, 5.0])).tolist() == [0, 255]  # clamps
+    with pytest.raises(ValueError, match="integer levels"):
+        to_model_range(x)
+
+
+# ----------------------------------------------------------------------------------------- digits
+
+def _sklearn_levels():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return np.rint(d.images * 255 / 16).astype(np.uint8), d.target
+
+
+def test_digits_split_is_a_deterministic_partition_with_labels():
+    train, y_train = digits("train", return_labels=True)
+    test, y_test = digits("test", return_labels=True)
+    assert train.shape == (1438, 1, 8, 8) and test.shape == (359, 1, 8, 8)
+    assert y_train.shape == (1438,) and y_test.dtype == torch.long
+    check_on_grid(train), check_on_grid(test)
+    assert train.min() == -1 and train.max() == 1
+    # train + test is exactly scikit-learn's 1,797 images with their labels, each once
+    levels, labels = _sklearn_levels()
+    ours = Counter((to_uint8(x).numpy().tobytes(), int(y)) for x, y in zip(torch.cat([train, test]),
+                                                                        torch.cat([y_train, y_test])))
+    theirs = Counter((x[None].tobytes(), int(y)) for x, y in zip(levels, labels))
+    assert ours == theirs
+    assert torch.equal(digits("test"), test)
+    assert not torch.equal(digits("test", seed=1), test)
+    assert digits("test", test_fraction=0.5).shape[0] == 898
+
+
+def test_digits_upscaled_stay_on_grid_and_keep_the_image():
+    small, big = digits("test"), digits("test", image_size=16)
+    assert big.shape == (359, 1, 16, 16)
+    check_on_grid(big)
+    pooled = torch.nn.functional.avg_pool2d(big, 2).flatten(1)
+    corr = lambda a, b: torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+    assert corr(pooled, small.flatten(1)) > 0.95
+    assert corr(pooled, small.transpose(-1, -2).flatten(1)) < 0.9  # not transposed
+
+
+@pytest.mark.parametrize("kwargs, match", [({"split": "valid"}, "split"), ({"image_size": 4}, "image_size"),
+                                           ({"test_fraction": 1.0}, "test_fraction")])
+def test_digits_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        digits(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------- 2-D toy sets
+
+@pytest.mark.parametrize("name", TOY_2D)
+def test_toy_2d_moments(name):
+    """Mean 0 per coordinate and E|x|²/2 = 1, each within 5 standard errors."""
+    n = 20_000
+    x = toy_2d(name, n, torch.Generator().manual_seed(SEED)).double()
+    assert x.shape == (n, 2) and toy_2d(name, 5).dtype == torch.float32
+    se = x.std(0) / n**0.5
+    assert ((x.mean(0)).abs() < 5 * se).all(), (SEED, x.mean(0), se)
+    half_sq = (x ** 2).sum(1) / 2
+    assert abs(half_sq.mean() - 1) < 5 * half_sq.std() / n**0.5, (SEED, half_sq.mean())
+    if name in ("gaussians8", "checkerboard"):  # isotropic: unit variance in each coordinate
+        sq = x ** 2
+        assert ((sq.mean(0) - 1).abs() < 5 * sq.std(0) / n**0.5).all(), (SEED, sq.mean(0))
+
+
+def test_curve_moments_match_closed_forms():
+    """Moons: mean (1/2, 1/4), spread 3/4 + 9/16 − 1/π. Swiss roll, t ~ U(1.5π, 4.5π): E[t cos t] = 2,
+    E[t sin t] = 2/(3π), E[t²] = 9.75π², so the spread is 9.75π² − 4 − 4/(9π²)."""
+    mean, spread = _curve_moments(_moons)
+    assert torch.allclose(mean, torch.tensor([0.5, 0.25], dtype=torch.float64), atol=1e-6)
+    assert abs(spread - (3 / 4 + 9 / 16 - 1 / np.pi)) < 1e-6
+    mean, spread = _curve_moments(_swissroll)
+    assert torch.allclose(mean, torch.tensor([2, 2 / (3 * np.pi)], dtype=torch.float64), atol=1e-5)
+    assert abs(spread - (9.75 * np.pi**2 - 4 - 4 / (9 * np.pi**2))) < 1e-3
+
+
+def test_toy_2d_shapes_and_determinism():
+    g = lambda: torch.Generator().manual_seed(SEED)
+    x = toy_2d("checkerboard", 5000, g())
+    cell = torch.floor(x * 2 / 3**0.5 + 2)  # the board's squares, 0..3 in each coordinate
+    assert ((cell >= 0) & (cell <= 3)).all() and ((cell.sum(1) % 2) == 0).all()
+    x = toy_2d("gaussians8", 5000, g())
+    angles = 2 * np.pi / 8 * torch.arange(8)
+    centres = 1.98**0.5 * torch.stack([angles.cos(), angles.sin()], 1)
+    nearest = torch.cdist(x, centres.float()).min(1).values
+    assert nearest.max() < 0.1 * 6  # a Gaussian of std 0.1 in 2-D beyond 6σ: probability e^-18 per point
+    assert torch.equal(toy_2d("moons", 100, g()), toy_2d("moons", 100, g()))
+    with pytest.raises(ValueError, match="moons"):
+        toy_2d("spiral", 10)
+
+
+# ----------------------------------------------------------------------------------------- CelebA
+
+def test_crop_is_the_centred_140_square():
+    """torchvision's CenterCrop(140), as NCSNv2 uses it, on 178x218 images: offsets round((size − 140)/2)."""
+    top, left = round((218 - 140) / 2), round((178 - 140) / 2)
+    assert CELEBA_SIZE == (178, 218) and CELEBA_CROP == (left, top, left + 140, top + 140)
+
+
+def _pattern(shift: int = 0) -> np.ndarray:
+    """A 178x218 image: red outside the crop box; inside, green top-left, blue top-right, white bottom half.
+
+    ``shift`` > 0 moves the red border that many pixels into the box, to show the check can fail.
+    """
+    left, top, right, bottom = CELEBA_CROP
+    img = np.zeros((CELEBA_SIZE[1], CELEBA_SIZE[0], 3), np.uint8)
+    img[...] = (255, 0, 0)
+    mid_x, mid_y = (left + right) // 2, (top + bottom) // 2
+    img[top:mid_y, left:mid_x] = (0, 255, 0)
+    img[top:mid_y, mid_x:right] = (0, 0, 255)
+    img[mid_y:bottom, left:right] = (255, 255, 255)
+    img[:, :left + shift] = img[:top + shift] = (255, 0, 0)
+    return img
+
+
+def _save_pattern(path, shift=0):
+    Image.fromarray(_pattern(shift)).save(path, quality=100, subsampling=0)
+
+
+def _red_leak(levels: torch.Tensor) -> torch.Tensor:
+    """R − min(G, B) per pixel: 0 for green, blue and white, 255 for the red border."""
+    r, g, b = levels.int()
+    return r - torch.minimum(g, b)
+
+
+@pytest.fixture(scope="module")
+def celeba_roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("celeba")
+    return {layout: fake_celeba(base / layout, n=N_FAKE, layout=layout, seed=SEED)
+            for layout in ("torchvision", "kaggle")}
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "kaggle"])
+def test_celeba_layouts_splits_shapes_grid(celeba_roots, layout):
+    root = celeba_roots[layout]
+    for split, count in [("train", 24), ("valid", 3), ("test", 3)]:
+        data = CelebA(root, split)
+        assert len(data) == count
+        x = torch.stack([data[i] for i in range(len(data))])
+        assert x.shape == (count, 3, 64, 64) and x.dtype == torch.float32
+        assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.05
+        check_on_grid(x)
+    assert CelebA(root, "test", image_size=32)[0].shape == (3, 32, 32)
+    assert torch.equal(CelebA(root, "valid")[1], get_dataset("celeba", "valid", data_dir=root)[1])
+
+
+def test_celeba_other_roots(celeba_roots, tmp_path):
+    """root may be celeba/ itself; Kaggle's images may sit one level deep instead of two."""
+    reference = CelebA(celeba_roots["torchvision"], "valid")[0]
+    assert torch.equal(CelebA(celeba_roots["torchvision"] / "celeba", "valid")[0], reference)
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(celeba_roots["kaggle"], kaggle)
+    nested = kaggle / "img_align_celeba"
+    (nested / "img_align_celeba").rename(tmp_path / "flat")
+    nested.rmdir()
+    (tmp_path / "flat").rename(nested)
+    single = CelebA(kaggle, "test")
+    assert single.image_dir == nested and len(single) == 3
+    assert torch.equal(single[2], CelebA(celeba_roots["kaggle"], "test")[2])
+
+
+def test_celeba_crop_box_and_orientation(tmp_path):
+    root = fake_celeba(tmp_path, n=N_FAKE)
+    data = CelebA(root, "valid")
+    _save_pattern(data.files[0])
+    x = data.levels(0)
+    leak = _red_leak(x)
+    assert leak.max() <= 12, leak.max()  # no red from outside the box, on any edge (JPEG ringing is smaller)
+    for (row, col), colour in [((16, 16), (0, 255, 0)), ((16, 48), (0, 0, 255)), ((48, 32), (255, 255, 255))]:
+        assert (x[:, row, col].int() - torch.tensor(colour)).abs().max() <= 12, (row, col, x[:, row, col])
+    _save_pattern(data.files[1], shift=1)  # a crop one pixel off would show the border
+    shifted = _red_leak(data.levels(1))
+    assert shifted[0].min() > 40 and shifted[:, 0].min() > 40 and shifted[-1, 1:].max() <= 12
+
+
+def test_celeba_flips_only_when_training(tmp_path):
+    root = fake_celeba(tmp_path, n=N_FAKE)
+    train, valid = CelebA(root, "train"), CelebA(root, "valid")
+    _save_pattern(train.files[3]), _save_pattern(valid.files[0])
+    plain = to_model_range(train.levels(3))
+    torch.manual_seed(SEED)
+    draws = [train[3] for _ in range(40)]  # all alike with probability 2^-39
+    assert all(torch.equal(d, plain) or torch.equal(d, plain.flip(-1)) for d in draws)
+    assert any(torch.equal(d, plain) for d in draws) and any(torch.equal(d, plain.flip(-1)) for d in draws)
+    assert all(torch.equal(valid[0], plain) for _ in range(40))
+    assert not CelebA(root, "train", flip=False).flip and CelebA(root, "test", flip=True).flip
+
+
+def test_celeba_missing_files_say_where_and_how(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        CelebA(tmp_path)
+    message = str(e.value)
+    for expected in [str(tmp_path), "celeba/img_align_celeba", "list_eval_partition.txt",
+                     "img_align_celeba/img_align_celeba", "list_eval_partition.csv", "download=True",
+                     "jessicali9530/celeba-dataset"]:
+        assert expected in message, expected
+    root = fake_celeba(tmp_path / "fake", n=N_FAKE)
+    data = CelebA(root, "test")
+    data.files[1].unlink()
+    with pytest.raises(RuntimeError, match=data.files[1].name):
+        data[1]
+    data.files[0].unlink()
+    with pytest.raises(FileNotFoundError, match=data.files[0].name):
+        CelebA(root, "test")
+
+
+def test_celeba_corrupt_or_wrong_images_name_the_path(tmp_path):
+    root = fake_celeba(tmp_path, n=N_FAKE, layout="kaggle")
+    data = CelebA(root, "train")
+    data.files[2].write_bytes(b"not a jpeg at all")
+    good = data.files[5].read_bytes()
+    data.files[5].write_bytes(good[: len(good) // 2])  # truncated
+    Image.new("RGB", (250, 250)).save(data.files[7])  # an in-the-wild image, not an aligned one
+    for i, error in [(2, RuntimeError), (5, RuntimeError), (7, ValueError)]:
+        with pytest.raises(error, match=str(data.files[i])):
+            data[i]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, [2]), num_workers=1)
+    with pytest.raises(RuntimeError, match=str(data.files[2])):  # the path survives a worker process
+        next(iter(loader))
+
+
+def test_celeba_bad_arguments(celeba_roots, tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        CelebA(celeba_roots["torchvision"], "validation")
+    with pytest.raises(ValueError, match="image_size"):
+        CelebA(celeba_roots["torchvision"], image_size=256)
+    root = fake_celeba(tmp_path, n=N_FAKE)
+    (root / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 7\n")
+    with pytest.raises(ValueError, match="line 1"):
+        CelebA(root)
+
+
+# ----------------------------------------------------------------------------------------- the .npy cache
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_preprocess_round_trip_equals_on_the_fly(celeba_roots, tmp_path, workers):
+    out = preprocess_celeba(celeba_roots["kaggle"], tmp_path / "sub" / "train.npy", "train", workers=workers)
+    array = np.load(out, mmap_mode="r")
+    assert array.shape == (24, 3, 64, 64) and array.dtype == np.uint8
+    cached, direct = ImageArray(out), CelebA(celeba_roots["kaggle"], "train", flip=False)
+    assert len(cached) == len(direct) == 24
+    assert all(torch.equal(cached[i], direct[i]) for i in range(24))
+    assert list(tmp_path.glob("sub/*")) == [out]
+
+
+def test_image_array_flips_and_get_dataset(celeba_roots, tmp_path):
+    out = preprocess_celeba(celeba_roots["torchvision"], tmp_path / "valid.npy", "valid", workers=0)
+    plain = ImageArray(out)[1]
+    torch.manual_seed(SEED)
+    flipping = get_dataset(str(out), "train")
+    draws = [flipping[1] for _ in range(40)]
+    assert any(torch.equal(d, plain) for d in draws) and any(torch.equal(d, plain.flip(-1)) for d in draws)
+    assert all(torch.equal(get_dataset(str(out), "valid", image_size=64)[1], plain) for _ in range(10))
+    with pytest.raises(ValueError, match="32x32"):
+        get_dataset(str(out), image_size=32)
+    np.save(tmp_path / "floats.npy", np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        ImageArray(tmp_path / "floats.npy")
+    with pytest.raises(FileNotFoundError, match="preprocess_celeba"):
+        ImageArray(tmp_path / "absent.npy")
+
+
+def test_preprocess_failure_leaves_no_partial_file(celeba_roots, tmp_path, monkeypatch):
+    out = tmp_path / "train.npy"
+    out.write_bytes(b"an older, complete file")
+    original = CelebA.levels
+
+    def failing(self, i):
+        if i == 17:
+            assert len(list(tmp_path.glob("train.npy.*.partial"))) == 1  # the array is being written beside
+            raise RuntimeError("disk on fire")
+        return original(self, i)
+
+    monkeypatch.setattr(CelebA, "levels", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        preprocess_celeba(celeba_roots["torchvision"], out, workers=0)
+    assert out.read_bytes() == b"an older, complete file"
+    assert list(tmp_path.iterdir()) == [out]
+    out.unlink()
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        preprocess_celeba(celeba_roots["torchvision"], out, workers=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------- get_dataset
+
+def test_get_dataset_digits_yields_tensors():
+    data = get_dataset("digits")
+    assert len(data) == 1438 and isinstance(data[0], torch.Tensor) and data[0].shape == (1, 8, 8)
+    assert len(get_dataset("digits", "test")) == 359
+    assert get_dataset("digits", image_size=16)[0].shape == (1, 16, 16)
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=7)))
+    assert batch.shape == (7, 1, 8, 8)
+
+
+def test_get_dataset_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown data set 'cifar10'.*digits.*celeba"):
+        get_dataset("cifar10")
+    with pytest.raises(ValueError, match="data_dir"):
+        get_dataset("celeba")
+    with pytest.raises(FileNotFoundError, match="list_eval_partition"):
+        get_dataset("celeba", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        get_dataset("digits", "valid")
