@@ -3,8 +3,9 @@
 Timesteps are the paper's, t ∈ {1, …, T}, everywhere; index 0 of every schedule array is the clean data.
 """
 
-from .data import (TOY_2D, CelebA, ImageArray, digits, fake_celeba, get_dataset, preprocess_celeba,
-                   to_model_range, to_uint8, toy_2d)
+from .celeba import CelebA, ImageArray, fake_celeba, preprocess_celeba
+from .data import TOY_2D, digits, get_dataset, toy_2d
+from .levels import to_model_range, to_uint8
 from .forward import naive_chain, q_chain, q_sample, q_step
 from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
                          prior_bpd, vlb)

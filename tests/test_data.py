@@ -1,4 +1,4 @@
-"""Tests of ddpm/data.py: the 256-level grid, digits, the 2-D toy sets, CelebA in both layouts, the .npy cache."""
+"""Tests of ddpm/levels.py, data.py and celeba.py: the 256-level grid, digits, the 2-D toy sets, CelebA in both layouts, the .npy cache."""
 
 import shutil
 from collections import Counter
@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 import ddpm
-from ddpm.data import (CELEBA_CROP, CELEBA_SIZE, TOY_2D, CelebA, ImageArray, _curve_moments, _moons, _swissroll,
-                       digits, fake_celeba, get_dataset, preprocess_celeba, to_model_range, to_uint8, toy_2d)
+from ddpm.celeba import CELEBA_CROP, CELEBA_SIZE, CelebA, ImageArray, fake_celeba, preprocess_celeba
+from ddpm.data import TOY_2D, _curve_moments, _moons, _swissroll, digits, get_dataset, toy_2d
+from ddpm.levels import to_model_range, to_uint8
 from ddpm.likelihood import check_on_grid
 
 SEED = ddpm.seed()
