@@ -16,6 +16,7 @@ from .reverse import ReverseStep, p_mean_variance, p_sample
 from .runtime import pick, run_mode, seed
 from .sampling import Trajectory, sample, sample_trajectory
 from .schedule import NoiseSchedule
+from .unet import UNet, timestep_embedding
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,5 @@ __all__ = [
     "eps_mse_weight", "variance_mismatch", "weighted_eps_mse", "sample", "sample_trajectory", "Trajectory",
     "MemorizingOracle", "GaussianData", "run_mode", "pick", "seed",
     "TOY_2D", "CelebA", "ImageArray", "digits", "fake_celeba", "get_dataset", "preprocess_celeba", "to_model_range",
-    "to_uint8", "toy_2d",
+    "to_uint8", "toy_2d", "UNet", "timestep_embedding",
 ]

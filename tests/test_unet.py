@@ -1,0 +1,288 @@
+"""The U-Net of Ho et al. 2020 (ddpm/unet.py): parameter counts against the paper and against diffusers'
+UNet2DModel (an independent implementation), the same function as UNet2DModel given the same weights,
+zero initialisation, the time embedding, gradients, input errors, and the fast paths (channels_last,
+bf16 autocast, torch.compile)."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm.unet import Attention, ResBlock, UNet, timestep_embedding
+
+diffusers = pytest.importorskip("diffusers")
+
+SMALL = dict(in_channels=3, image_size=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(16, 8),
+             dropout=0.1)
+
+
+def diffusers_twin(m: UNet, **kwargs):
+    """UNet2DModel with m's configuration: the same widths, blocks per level, GroupNorm groups, and single-head
+    attention (AttnDown/AttnUpBlock2D) at the same resolutions; its mid block is ResNet, attention, ResNet."""
+    resolutions = [m.image_size // 2**i for i in range(len(m.ch_mult))]
+    attn = [r in m.attn_resolutions for r in resolutions]
+    return diffusers.UNet2DModel(
+        sample_size=m.image_size, in_channels=m.in_channels, out_channels=m.out_channels,
+        block_out_channels=tuple(m.ch * k for k in m.ch_mult), layers_per_block=m.num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        norm_num_groups=m.num_groups, attention_head_dim=None, **kwargs)
+
+
+def perturbed(m: UNet, gen: torch.Generator, std: float = 0.02) -> UNet:
+    """m with every parameter moved by N(0, std²) noise, so that the zero-initialised layers are no longer zero."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(std * torch.randn(p.shape, generator=gen))
+    return m
+
+
+def inputs(m: UNet, batch: int, gen: torch.Generator):
+    x = torch.randn(batch, m.in_channels, m.image_size, m.image_size, generator=gen)
+    return x, torch.randint(1, 1001, (batch,), generator=gen)
+
+
+# Parameter counts ----------------------------------------------------------------------------------------------
+
+def test_cifar10_has_exactly_the_parameters_of_the_papers_tensorflow_model():
+    with torch.device("meta"):
+        assert UNet.preset("cifar10").num_parameters() == 35_746_307  # the original code's CIFAR-10 model: 35.7M
+
+
+def test_celebahq256_has_the_papers_114M_parameters():
+    with torch.device("meta"):
+        n = UNet.preset("celebahq256").num_parameters()
+    assert n == 113_673_219 and round(n / 1e6) == 114
+
+
+@pytest.mark.parametrize("name", list(UNet.PRESETS))
+def test_each_preset_has_as_many_parameters_as_diffusers_unet2dmodel(name):
+    with torch.device("meta"):
+        ours, theirs = UNet.preset(name), diffusers_twin(UNet.preset(name))
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
+
+
+def diffusers_state_dict(m: UNet) -> dict:
+    """m's weights under UNet2DModel's names (our fused q, k, v 1x1 convolution split into its three Linears)."""
+    rename = {"emb_proj": "time_emb_proj", "shortcut": "conv_shortcut", "norm": "group_norm", "proj": "to_out.0"}
+    prefixes = {"emb.0": "time_embedding.linear_1", "emb.2": "time_embedding.linear_2", "conv_in": "conv_in",
+                "norm_out": "conv_norm_out", "conv_out": "conv_out", "mid.0": "mid_block.resnets.0",
+                "mid.1": "mid_block.attentions.0", "mid.2": "mid_block.resnets.1"}
+    down, up, levels = iter(range(len(m.down))), iter(range(len(m.up))), len(m.ch_mult)
+    for level in range(levels):
+        for j in range(m.num_res_blocks):
+            i = next(down)
+            prefixes[f"down.{i}"] = f"down_blocks.{level}.resnets.{j}"
+            prefixes[f"down.{i}.attn"] = f"down_blocks.{level}.attentions.{j}"
+        if level < levels - 1:
+            prefixes[f"down.{next(down)}.conv"] = f"down_blocks.{level}.downsamplers.0.conv"
+    for level in range(levels):
+        for j in range(m.num_res_blocks + 1):
+            i = next(up)
+            prefixes[f"up.{i}"] = f"up_blocks.{level}.resnets.{j}"
+            prefixes[f"up.{i}.attn"] = f"up_blocks.{level}.attentions.{j}"
+        if level < levels - 1:
+            prefixes[f"up.{next(up)}.conv"] = f"up_blocks.{level}.upsamplers.0.conv"
+    out = {}
+    for key, value in m.state_dict().items():
+        module, leaf = key.rsplit(".", 1)
+        prefix = max((p for p in prefixes if module == p or module.startswith(p + ".")), key=len)
+        rest = module[len(prefix) + 1:]
+        name = ".".join(filter(None, [prefixes[prefix], rename.get(rest, rest)]))
+        if rest == "qkv":
+            for part, v in zip(("to_q", "to_k", "to_v"), value.chunk(3)):
+                out[f"{prefixes[prefix]}.{part}.{leaf}"] = v.flatten(1) if leaf == "weight" else v
+        else:  # the attention's output 1x1 convolution becomes a Linear
+            out[f"{name}.{leaf}"] = value.flatten(1) if rest == "proj" and leaf == "weight" else value
+    return out
+
+
+def test_computes_the_same_function_as_diffusers_unet2dmodel_with_the_same_weights(gen):
+    """The strongest check of the architecture: UNet2DModel, set to the original's time embedding (sin first,
+    frequencies 10000^(-i/(d/2-1))) and GroupNorm ε, gives our outputs once it has our weights."""
+    m = perturbed(UNet(**SMALL), gen).eval()
+    twin = diffusers_twin(m, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6).eval()
+    twin.load_state_dict(diffusers_state_dict(m), strict=True)
+    x, t = inputs(m, 2, gen)
+    with torch.no_grad():
+        ours, theirs = m(x, t), twin(x, t).sample
+    assert ours.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+# Shapes, initialisation, time embedding, gradients -----------------------------------------------------------
+
+@pytest.mark.parametrize("config", [{}, dict(image_size=16), dict(image_size=32), dict(out_channels=2), SMALL])
+def test_forward_shapes(config, gen):
+    m = (UNet(**config) if config is SMALL else UNet.preset("tiny", **config)).eval()
+    x, t = inputs(m, 2, gen)
+    with torch.no_grad():
+        out = m(x, t)
+    assert out.shape == (2, config.get("out_channels", m.in_channels), m.image_size, m.image_size)
+
+
+def test_config_rebuilds_the_same_architecture():
+    m = UNet.preset("tiny", image_size=16, out_channels=2)
+    twin = UNet(**m.config)
+    assert [(k, v.shape) for k, v in twin.state_dict().items()] == [(k, v.shape) for k, v in m.state_dict().items()]
+    assert twin.attn_resolutions == (8,) and twin.out_channels == 2
+
+
+def test_tiny_puts_attention_at_its_lowest_resolution_for_any_image_size():
+    for size in (8, 16, 32):
+        m = UNet.preset("tiny", image_size=size)
+        assert m.attn_resolutions == (size // 2,)
+        blocks_with_attention = sum(isinstance(b, ResBlock) and isinstance(b.attn, Attention) for b in m.modules())
+        assert blocks_with_attention == m.num_res_blocks + (m.num_res_blocks + 1)  # one level down, one level up
+
+
+def test_timestep_embedding_is_the_transformer_sinusoid():
+    t = torch.tensor([1, 7, 1000])
+    e = timestep_embedding(t, 128)
+    omega = torch.tensor([10000 ** (-i / 63) for i in range(64)], dtype=torch.float64)
+    expected = torch.cat([torch.sin(t[:, None] * omega), torch.cos(t[:, None] * omega)], dim=1)
+    torch.testing.assert_close(e.double(), expected, rtol=0, atol=2e-4)  # float32 angles up to 1000 rad
+    assert e[0, 0] == pytest.approx(math.sin(1.0)) and e[0, 64] == pytest.approx(math.cos(1.0))
+
+
+@pytest.mark.parametrize("name", ["tiny", "cifar10"])
+def test_a_fresh_model_predicts_exactly_zero_noise(name, gen):
+    m = UNet.preset(name)
+    x, t = inputs(m, 2, gen)
+    with torch.no_grad():
+        assert torch.equal(m(x, t), torch.zeros_like(x))  # of x's shape, every entry exactly 0
+
+
+def test_a_fresh_model_trains_its_output_layer_first(gen):
+    """With the last layer at zero only it receives gradient; every other layer starts once it has moved."""
+    m = UNet(**SMALL)
+    x, t = inputs(m, 4, gen)
+    (m(x, t) - torch.randn(x.shape, generator=gen)).square().mean().backward()
+    moving = {name for name, p in m.named_parameters() if p.grad is not None and p.grad.abs().max() > 0}
+    assert moving == {"conv_out.weight", "conv_out.bias"}
+
+
+def test_gradients_reach_every_parameter(gen):
+    m = perturbed(UNet(**SMALL), gen)
+    x, t = inputs(m, 4, gen)
+    (m(x, t) - torch.randn(x.shape, generator=gen)).square().mean().backward()
+    still = [name for name, p in m.named_parameters() if p.grad is None or not p.grad.abs().max() > 0]
+    assert still == []
+
+
+@pytest.mark.parametrize("num_groups, erased", [(8, False), (32, True)])
+def test_every_resblock_sees_t_unless_groupnorm_has_one_channel_per_group(num_groups, erased, gen):
+    """The time enters a ResBlock as a per-channel constant just before GroupNorm. With 32 channels in 32 groups,
+    GroupNorm subtracts each channel's spatial mean and erases it: why "tiny" (ch=32) uses 8 groups."""
+    m = perturbed(UNet.preset("tiny", num_groups=num_groups), gen).eval()
+    first = m.down[0]  # level 0: 32 channels; its input conv_in(x) does not depend on t
+    x, _ = inputs(m, 1, gen)
+    outs = []
+    first.register_forward_hook(lambda module, args, out: outs.append(out))
+    with torch.no_grad():
+        m(x, torch.tensor([1]))
+        m(x, torch.tensor([900]))
+    gap = (outs[0] - outs[1]).abs().max() / outs[0].abs().max()
+    assert (gap < 1e-5) if erased else (gap > 1e-3), gap
+
+
+def test_output_depends_on_t(gen):
+    m = perturbed(UNet.preset("tiny"), gen).eval()
+    x, _ = inputs(m, 1, gen)
+    with torch.no_grad():
+        outs = [m(x, torch.tensor([t])) for t in (1, 2, 500, 1000)]
+    gaps = [(a - b).abs().max().item() for i, a in enumerate(outs) for b in outs[i + 1:]]
+    assert min(gaps) > 1e-5, gaps
+    assert torch.equal(m(x, torch.tensor([500])), outs[2])
+
+
+def test_eval_mode_is_deterministic_and_training_mode_uses_dropout(gen):
+    m = perturbed(UNet(**SMALL), gen)
+    x, t = inputs(m, 2, gen)
+    with torch.no_grad():
+        m.eval()
+        assert torch.equal(m(x, t), m(x, t))
+        m.train()
+        assert not torch.equal(m(x, t), m(x, t))
+
+
+def test_the_3x3_conv_shortcut_adds_exactly_its_extra_weights():
+    plain, conv = UNet(**SMALL), UNet(**SMALL, conv_shortcut=True)
+    extra = sum(8 * b.shortcut.in_channels * b.shortcut.out_channels for b in plain.modules()
+                if isinstance(b, ResBlock) and isinstance(b.shortcut, torch.nn.Conv2d))
+    assert extra > 0 and conv.num_parameters() - plain.num_parameters() == extra
+
+
+# Bad input ----------------------------------------------------------------------------------------------------
+
+def test_wrong_image_size_says_what_the_model_was_built_for():
+    m = UNet.preset("tiny", in_channels=3, image_size=16)
+    with pytest.raises(ValueError, match=r"built for 3x16x16 images got 3x32x32; build it with .*image_size=32"):
+        m(torch.zeros(1, 3, 32, 32), torch.ones(1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"built for 3x16x16 images got 1x16x16"):
+        m(torch.zeros(1, 1, 16, 16), torch.ones(1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \[B, 3, 16, 16\]"):
+        m(torch.zeros(3, 16, 16), torch.ones(1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("t", [torch.ones(2, dtype=torch.long), torch.ones(3, 1, dtype=torch.long), 5])
+def test_timesteps_of_the_wrong_shape_are_refused(t):
+    m = UNet.preset("tiny")
+    with pytest.raises(ValueError, match=r"shape \[3\]"):
+        m(torch.zeros(3, 1, 8, 8), t)
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(ch=48), "multiple of num_groups=32"),
+    (dict(ch=32, num_groups=64), "multiple of num_groups=64"),
+    (dict(image_size=10, ch_mult=(1, 2, 2)), "divisible by 4"),
+    (dict(image_size=32, attn_resolutions=(4,)), r"among the resolutions .*\[32, 16\]"),
+])
+def test_bad_configurations_are_refused(config, message):
+    with pytest.raises(ValueError, match=message):
+        UNet(**{**dict(ch=32, ch_mult=(1, 2), attn_resolutions=()), **config})
+
+
+def test_odd_or_tiny_embedding_dimensions_are_refused():
+    for dim in (3, 2):
+        with pytest.raises(ValueError, match="even and at least 4"):
+            timestep_embedding(torch.ones(1), dim)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="celeba64"):
+        UNet.preset("imagenet")
+
+
+# Fast paths ---------------------------------------------------------------------------------------------------
+
+def test_channels_last_gives_the_same_output(gen):
+    m = perturbed(UNet(**SMALL), gen).eval()
+    x, t = inputs(m, 2, gen)
+    with torch.no_grad():
+        expected = m(x, t)
+        m = m.to(memory_format=torch.channels_last)
+        out = m(x.to(memory_format=torch.channels_last), t)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_and_a_bf16_model_stay_close_to_float32(gen):
+    m = perturbed(UNet(**SMALL), gen).eval()
+    x, t = inputs(m, 2, gen)
+    with torch.no_grad():
+        expected = m(x, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = m(x, t)
+        pure = m.to(torch.bfloat16)(x.bfloat16(), t)
+    for out in (mixed, pure):
+        assert out.dtype == torch.bfloat16
+        relative = (out.float() - expected).norm() / expected.norm()
+        assert relative < 0.05, relative  # bf16 keeps 8 significant bits: ~0.4% per operation
+
+
+def test_torch_compile_traces_the_whole_model_without_graph_breaks(gen):
+    m = perturbed(UNet.preset("tiny"), gen).eval()
+    x, t = inputs(m, 2, gen)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t), m(x, t))
