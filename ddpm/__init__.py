@@ -3,6 +3,7 @@
 Timesteps are the paper's, t ∈ {1, …, T}, everywhere; index 0 of every schedule array is the clean data.
 """
 
+from .checkpoint import load_model
 from .celeba import CelebA, ImageArray, fake_celeba, preprocess_celeba
 from .data import TOY_2D, digits, get_dataset, toy_2d
 from .levels import to_model_range, to_uint8
@@ -16,6 +17,7 @@ from .reverse import ReverseStep, p_mean_variance, p_sample
 from .runtime import pick, run_mode, seed
 from .sampling import Trajectory, sample, sample_trajectory
 from .schedule import NoiseSchedule
+from .train import NonFiniteLossError, TrainConfig, TrainResult, train
 from .unet import UNet, timestep_embedding
 
 __version__ = "0.1.0"
@@ -28,4 +30,5 @@ __all__ = [
     "MemorizingOracle", "GaussianData", "run_mode", "pick", "seed",
     "TOY_2D", "CelebA", "ImageArray", "digits", "fake_celeba", "get_dataset", "preprocess_celeba", "to_model_range",
     "to_uint8", "toy_2d", "UNet", "timestep_embedding",
+    "TrainConfig", "TrainResult", "NonFiniteLossError", "train", "load_model",
 ]
