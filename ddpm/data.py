@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .celeba import _GET_CELEBA, CelebA, ImageArray, fake_celeba, preprocess_celeba  # noqa: F401 (re-exported)
+from .celeba import _GET_CELEBA, CelebA, ImageArray
 from .levels import to_model_range, to_uint8  # noqa: F401 (re-exported)
 
 TOY_2D = ("moons", "swissroll", "gaussians8", "checkerboard")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ddpm.__main__ import main, read_config_file
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
-from ddpm.data import fake_celeba
+from ddpm.celeba import fake_celeba
 
 FAST = ["--T", "20", "--batch-size", "4", "--sample-every", "0", "--quiet"]
 
