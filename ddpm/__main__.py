@@ -106,7 +106,7 @@ def _run_sample(args) -> int:
         raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
     device = _device(args.device)
     model, config, shape = load_model(args.checkpoint, args.ema, device)
-    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T)
+    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
     g = torch.Generator(device).manual_seed(args.seed)
     x = sample(s, model, (args.num_samples, *shape), args.variance, generator=g, device=device, progress=True)
     out = Path(args.out or Path(args.checkpoint).parent / "samples.png")
@@ -134,7 +134,7 @@ def _run_evaluate(args) -> int:
     data = get_dataset(args.data or config.data, args.split, args.data_dir or config.data_dir, shape[-1])
     n = min(args.num_images, len(data))
     x0 = torch.stack([data[i] for i in range(n)]).to(device)
-    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T)
+    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
     g = torch.Generator(device).manual_seed(args.seed)
     with torch.no_grad():
         bound = vlb(s, model, x0, args.variance, batch_size=args.batch_size, generator=g, progress=True)

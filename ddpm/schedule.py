@@ -8,6 +8,7 @@ data's dtype only where they are used (:func:`extract`).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -82,14 +83,37 @@ class NoiseSchedule:
         var[1] = self.posterior_variance[2] if self.T >= 2 else self.betas[1]
         return var
 
+    def to(self, device) -> "NoiseSchedule":
+        """The same schedule with every array on ``device`` (still float64).
+
+        Keep the schedule on the data's device: indexing a CPU schedule with GPU timesteps makes the GPU
+        wait for the CPU at every step.
+        """
+        moved = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(moved, name, value.to(device))
+        return moved
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
     def check_t(self, t) -> Tensor:
-        """``t`` as a long tensor, after checking that every entry is a timestep in {1, …, T}."""
+        """``t`` as a long tensor, after checking that every entry is a timestep in {1, …, T}.
+
+        On an accelerator the range check runs asynchronously (it fails at the next synchronisation)
+        so that it never stalls the device.
+        """
         t = torch.as_tensor(t)
         if t.numel() == 0:
             return t.long()
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"timesteps must be integers in {{1, ..., {self.T}}}, got dtype {t.dtype}")
-        if t.numel() and (t.min() < 1 or t.max() > self.T):
+        if t.device.type != "cpu":
+            torch._assert_async(((t >= 1) & (t <= self.T)).all(), f"timesteps must lie in {{1, ..., T={self.T}}}")
+            return t.long()
+        if t.min() < 1 or t.max() > self.T:
             raise ValueError(
                 f"timesteps must lie in {{1, ..., T={self.T}}} (the paper's t; 0 is the clean data), "
                 f"got values from {int(t.min())} to {int(t.max())}"

@@ -203,7 +203,7 @@ def _train(config, model, dataset, progress, rank, world, device) -> TrainResult
         if world > 1 else model
     net = torch.compile(net) if config.compile else net
 
-    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T)
+    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)  # no host syncs per step
     sampler = StepBatches(len(dataset), config.batch_size, config.seed, start, config.steps, rank, world)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                         pin_memory=device.type == "cuda")

@@ -100,3 +100,22 @@ def test_float_timesteps_rejected():
 def test_bad_variance_name():
     with pytest.raises(ValueError, match="'fixedlarge' or 'fixedsmall'"):
         NoiseSchedule.linear(T=10).model_variance("learned")
+
+
+def test_schedule_on_the_data_device_needs_no_host_sync():
+    """On the meta device any read back to the host (.item(), a copy to the CPU) raises: the training step's
+    use of the schedule (q_sample, the eps-model call, L_simple, the reverse step) must never need one."""
+    s = NoiseSchedule.linear().to("meta")
+    assert s.device.type == "meta" and s.alpha_bars.dtype == torch.float64
+    x0 = torch.empty(4, 3, 8, 8, device="meta")
+    t = torch.empty(4, dtype=torch.long, device="meta")
+    model = lambda x, tt: x * 0.5
+    import ddpm
+    assert ddpm.l_simple(s, model, x0, t, torch.empty_like(x0)).device.type == "meta"
+    assert ddpm.p_mean_variance(s, model, x0, t).mean.device.type == "meta"
+
+
+def test_to_keeps_the_values():
+    s = NoiseSchedule.cosine(100)
+    moved = s.to("cpu")
+    assert moved is not s and torch.equal(moved.posterior_variance.nan_to_num(), s.posterior_variance.nan_to_num())
