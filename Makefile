@@ -17,8 +17,10 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
+# Two pytest workers on two cores, one thread each (notebook kernels included): oversubscribed torch
+# threads made small-tensor loops up to 12 times slower.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile tests --nbval-lax book
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile tests --nbval-lax book
 
 clean:
 	rm -rf _build

@@ -17,7 +17,7 @@ from .reverse import ReverseStep, p_mean_variance, p_sample
 from .runtime import pick, run_mode, seed
 from .sampling import Trajectory, sample, sample_trajectory
 from .schedule import NoiseSchedule
-from .train import NonFiniteLossError, TrainConfig, TrainResult, train
+from .train import NonFiniteLossError, TrainConfig, TrainResult  # the loop itself: ddpm.train.train
 from .unet import UNet, timestep_embedding
 
 __version__ = "0.1.0"
@@ -30,5 +30,5 @@ __all__ = [
     "MemorizingOracle", "GaussianData", "run_mode", "pick", "seed",
     "TOY_2D", "CelebA", "ImageArray", "digits", "fake_celeba", "get_dataset", "preprocess_celeba", "to_model_range",
     "to_uint8", "toy_2d", "UNet", "timestep_embedding",
-    "TrainConfig", "TrainResult", "NonFiniteLossError", "train", "load_model",
+    "TrainConfig", "TrainResult", "NonFiniteLossError", "load_model",
 ]

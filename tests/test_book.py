@@ -1,0 +1,228 @@
+"""The book as a product: every chapter follows the book's conventions and runs alone in a fresh environment.
+
+The Colab-like test (marked ``colab``; select it with ``pytest -m colab``, skip it with ``-m "not colab"``)
+copies one chapter into an empty folder and executes it in a new virtual environment that sees every
+installed package except ``ddpm``, so the chapter's first cell has to install ``ddpm`` itself, as it
+would in a fresh Colab runtime. Nothing is downloaded: the install comes from a copy of this checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+MAX_BYTES = 2_000_000
+
+INSTALL_CELL = '''\
+# Installs the book's package `ddpm` when it is missing (a fresh Colab runtime); does nothing otherwise.
+import importlib, importlib.util, os, subprocess, sys
+if importlib.util.find_spec("ddpm") is None:
+    source = os.environ.get("DDPM_SOURCE", "{url}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
+    importlib.invalidate_caches()'''
+
+CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
+EQ_LABEL = re.compile(r"^\$\$\s*\(([^)\s]+)\)\s*$", re.MULTILINE)
+EQ_REF = re.compile(r"\{eq\}`([^`]+)`")
+SOLUTION = re.compile(r"^(`{3,})\{admonition\} Solution\s*\n:class: dropdown\s*$", re.MULTILINE)
+
+
+def chapter_ids(path: Path) -> str:
+    return path.stem
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def markdown_of(nb) -> str:
+    return "\n\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+
+
+def book_texts() -> dict[str, str]:
+    """Every page's markdown: the .md pages and the markdown cells of the notebooks."""
+    texts = {p.name: p.read_text(encoding="utf-8") for p in sorted(BOOK.glob("*.md"))}
+    texts.update({p.name: markdown_of(read(p)) for p in CHAPTERS})
+    return texts
+
+
+def repository_url() -> str:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    return config["repository"]["url"]
+
+
+def test_there_are_chapters():
+    assert CHAPTERS, f"no chapter notebooks (NN_slug.ipynb) found in {BOOK}"
+
+
+# -- conventions, checked on the committed notebooks (fast) -----------------------------------------
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
+def test_install_cell_is_the_books_and_points_at_the_repository(chapter):
+    cell = read(chapter).cells[1]
+    assert cell.cell_type == "code" and "hide-cell" in cell.metadata.get("tags", []), \
+        "cell 2 must be the install cell, a code cell tagged hide-cell"
+    assert cell.source.strip() == INSTALL_CELL.format(url="git+" + repository_url()), \
+        "the install cell must be identical in every chapter and install from repository.url of _config.yml"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
+def test_chapter_opens_with_title_goals_seed_and_mode(chapter):
+    cells = read(chapter).cells
+    first = cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), "cell 1 must start with '# Title'"
+    assert "In this chapter you will be able to:" in first.source
+    setup = cells[2].source
+    assert "ddpm.run_mode()" in setup and "ddpm.seed()" in setup, "cell 3 must read the run mode and the seed"
+    top = "\n".join(c.source for c in cells[:6] if c.cell_type == "markdown")
+    assert "quick mode" in top and "DDPM_MODE=full" in top, \
+        "a sentence near the top must say the figures come from quick mode and how to switch (DDPM_MODE=full)"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
+def test_chapter_ends_with_summary_and_exercises_with_folded_solutions(chapter):
+    text = markdown_of(read(chapter))
+    assert "## Summary" in text and "## Exercises" in text, "a chapter ends with ## Summary and ## Exercises"
+    assert text.index("## Summary") < text.index("## Exercises")
+    exercises = text[text.index("## Exercises"):]
+    n_solutions = len(SOLUTION.findall(exercises))
+    assert n_solutions >= 2, f"found {n_solutions} folded solutions; every exercise needs a dropdown solution"
+    assert n_solutions == exercises.count("{admonition} Solution"), "every Solution admonition must be a dropdown"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
+def test_notebook_is_small_and_committed_executed_in_quick_mode(chapter):
+    assert chapter.stat().st_size < MAX_BYTES, f"{chapter.name} is {chapter.stat().st_size / 1e6:.1f} MB; keep it under 2 MB"
+    nb = read(chapter)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), "commit the notebook executed top to bottom in one run"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"committed outputs contain an error: {errors[0].ename}: {errors[0].evalue}"
+    printed = "".join(o.get("text", "") for o in code[1].outputs if o.output_type == "stream")
+    assert "run mode: quick" in printed, "commit the notebook executed in quick mode"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
+def test_checked_outputs_exist_and_are_not_random(chapter):
+    for cell in read(chapter).cells:
+        if cell.cell_type == "code" and cell.source.startswith("# NBVAL_CHECK_OUTPUT"):
+            assert cell.outputs, "a # NBVAL_CHECK_OUTPUT cell needs stored output for nbval to compare"
+            assert "SEED" not in cell.source and "gen" not in re.findall(r"\w+", cell.source), \
+                "never mark cells whose output depends on the random seed with # NBVAL_CHECK_OUTPUT"
+
+
+def test_every_citation_is_in_the_bibliography():
+    bib = (BOOK / "references.bib").read_text(encoding="utf-8")
+    known = set(re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", bib))
+    missing = {f"{page}: {key.strip()}" for page, text in book_texts().items()
+               for group in CITE.findall(text) for key in group.split(",") if key.strip() not in known}
+    assert not missing, f"cited but not in book/references.bib: {sorted(missing)}"
+
+
+def test_equation_labels_are_unique_and_every_reference_resolves():
+    labels: dict[str, str] = {}
+    texts = book_texts()
+    for page, text in texts.items():
+        for label in EQ_LABEL.findall(text):
+            assert label not in labels, f"equation label {label!r} is defined in {labels[label]} and in {page}"
+            labels[label] = page
+    refs = {(page, re.sub(r".*<(.+)>$", r"\1", ref)) for page, text in texts.items() for ref in EQ_REF.findall(text)}
+    dangling = sorted(f"{page}: {ref}" for page, ref in refs if ref not in labels)
+    assert not dangling, f"{{eq}} references to undefined labels: {dangling}"
+
+
+# -- the Colab-like run --------------------------------------------------------------------------------
+
+def site_packages() -> list[str]:
+    """The running interpreter's site-packages folders (where torch, nbclient, ... are installed)."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+
+
+def make_venv_without_ddpm(where: Path) -> Path:
+    """A virtual environment whose only extra path is our site-packages, listed in a .pth file.
+
+    Folders named in a .pth file are added to sys.path but not scanned for .pth files themselves, so the
+    hook of ddpm's editable install never runs there: ``import ddpm`` fails while torch imports. The venv
+    has no pip or setuptools of its own (Python 3.11's bundled setuptools 65 would shadow the newer one that
+    torch requires); ``python -m pip`` runs the pip found through the .pth file, like any other package.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    python = where / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "_book_test_parent_env.pth").write_text("\n".join(site_packages()) + "\n", encoding="utf-8")
+    return python
+
+
+def copy_of_source(where: Path) -> Path:
+    """The installable part of this checkout (its small top-level files and ddpm/), so that pip's in-tree
+    build writes its build/ and *.egg-info folders into the copy, not into the checkout."""
+    where.mkdir()
+    for path in ROOT.iterdir():
+        if path.is_file() and path.stat().st_size < 1_000_000:
+            shutil.copy2(path, where / path.name)
+    shutil.copytree(ROOT / "ddpm", where / "ddpm", ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
+def run_python(python: Path, code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-c", code], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.colab
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
+def test_chapter_runs_alone_in_a_fresh_environment_that_lacks_ddpm(chapter, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    work = tmp_path / "runtime"
+    work.mkdir()
+    shutil.copy(chapter, work / chapter.name)
+    python = make_venv_without_ddpm(tmp_path / "venv")
+
+    missing = run_python(python, "import ddpm", work)
+    assert missing.returncode != 0 and "No module named 'ddpm'" in missing.stderr, \
+        "the fresh environment must not see ddpm before the chapter installs it"
+    assert run_python(python, "import torch, matplotlib, ipykernel", work).returncode == 0, \
+        "the fresh environment must see the other installed packages"
+
+    source = copy_of_source(tmp_path / "source")
+    kernels = tmp_path / "jupyter" / "kernels" / "fresh-venv"
+    kernels.mkdir(parents=True)
+    env = {
+        "DDPM_SOURCE": str(source),      # the install cell installs from the local copy, not from GitHub
+        "DDPM_MODE": "quick",
+        "PIP_NO_INDEX": "1",             # nothing may be downloaded
+        "PIP_NO_BUILD_ISOLATION": "0",   # pip reads this as --no-build-isolation (its env semantics are inverted)
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    spec = {"argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "fresh venv without ddpm", "language": "python", "env": env}
+    (kernels / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+
+    nb = read(work / chapter.name)
+    NotebookClient(nb, kernel_name="fresh-venv", timeout=600, resources={"metadata": {"path": str(work)}}).execute()
+
+    venv_site = run_python(python, "import sysconfig; print(sysconfig.get_paths()['purelib'])", work).stdout.strip()
+    where = run_python(python, "import ddpm; print(ddpm.__file__)", work)
+    assert where.returncode == 0, f"ddpm is not importable after the chapter ran: {where.stderr}"
+    assert Path(where.stdout.strip()).is_relative_to(venv_site), f"ddpm was imported from {where.stdout.strip()}"
+    direct_url = next(Path(venv_site).glob("ddpm-*.dist-info")) / "direct_url.json"
+    assert json.loads(direct_url.read_text())["url"] == source.as_uri(), "ddpm must come from the local checkout"
