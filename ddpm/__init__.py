@@ -3,11 +3,15 @@
 Timesteps are the paper's, t ∈ {1, …, T}, everywhere; index 0 of every schedule array is the clean data.
 """
 
-from .checkpoint import load_model
 from .celeba import CelebA, ImageArray, fake_celeba, preprocess_celeba
+from .checkpoint import load_model
+from .classifier import (DigitsClassifier, FrechetScale, digit_features, digits_frechet_distance,
+                         frechet_reference_scale, train_digits_classifier)
 from .data import TOY_2D, digits, get_dataset, toy_2d
-from .levels import to_model_range, to_uint8
+from .evaluate import (BitsPerDim, Estimate, RateDistortion, bits_per_dim, fid, frechet_distance,
+                       frechet_distance_gaussian, noise_prediction_metrics, rate_distortion)
 from .forward import naive_chain, q_chain, q_sample, q_step
+from .levels import to_model_range, to_uint8
 from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
                          prior_bpd, vlb)
 from .losses import eps_mse_weight, l_simple, variance_mismatch, weighted_eps_mse
@@ -31,4 +35,7 @@ __all__ = [
     "TOY_2D", "CelebA", "ImageArray", "digits", "fake_celeba", "get_dataset", "preprocess_celeba", "to_model_range",
     "to_uint8", "toy_2d", "UNet", "timestep_embedding",
     "TrainConfig", "TrainResult", "NonFiniteLossError", "load_model",
+    "BitsPerDim", "Estimate", "RateDistortion", "bits_per_dim", "fid", "frechet_distance", "frechet_distance_gaussian",
+    "noise_prediction_metrics", "rate_distortion", "DigitsClassifier", "FrechetScale", "digit_features",
+    "digits_frechet_distance", "frechet_reference_scale", "train_digits_classifier",
 ]

@@ -116,7 +116,7 @@ def _run_sample(args) -> int:
     if args.npy:
         import numpy as np
 
-        from .data import to_uint8
+        from .levels import to_uint8
         np.save(args.npy, to_uint8(x.cpu()).numpy())
         print(f"wrote them as uint8 [N, C, H, W] to {args.npy}")
     return 0
@@ -124,7 +124,7 @@ def _run_sample(args) -> int:
 
 def _run_evaluate(args) -> int:
     from .data import get_dataset
-    from .likelihood import vlb
+    from .evaluate import bits_per_dim
     from .schedule import NoiseSchedule
 
     if args.num_images < 2:
@@ -136,13 +136,11 @@ def _run_evaluate(args) -> int:
     x0 = torch.stack([data[i] for i in range(n)]).to(device)
     s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
     g = torch.Generator(device).manual_seed(args.seed)
-    with torch.no_grad():
-        bound = vlb(s, model, x0, args.variance, batch_size=args.batch_size, generator=g, progress=True)
-    parts = {"total": bound.total_bpd, "L_T": bound.prior_bpd, "sum L_(t-1), t>=2": bound.terms_bpd[:, 1:].sum(1),
-             "L_0": bound.terms_bpd[:, 0]}
+    result = bits_per_dim(s, model, x0, args.variance, batch_size=args.batch_size, generator=g, progress=True)
     print(f"bits/dim on {n} {args.split} images of {args.data or config.data} (mean ± standard error):")
-    for name, v in parts.items():
-        print(f"  {name:<18} {v.mean().item():.5g} ± {v.std().item() / math.sqrt(n):.2g}")
+    for name, part in [("total", result.total), ("L_T", result.prior), ("sum L_(t-1), t>=2", result.diffusion),
+                       ("L_0", result.decoder)]:
+        print(f"  {name:<18} {part.mean:.5g} ± {part.se:.2g}")
     return 0
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .celeba import _GET_CELEBA, CelebA, ImageArray
-from .levels import to_model_range, to_uint8  # noqa: F401 (re-exported)
+from .levels import to_model_range
 
 TOY_2D = ("moons", "swissroll", "gaussians8", "checkerboard")
 
