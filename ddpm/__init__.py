@@ -13,8 +13,8 @@ from .evaluate import (BitsPerDim, Estimate, RateDistortion, bits_per_dim, fid, 
 from .forward import naive_chain, q_chain, q_sample, q_step
 from .levels import to_model_range, to_uint8
 from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
-                         prior_bpd, vlb)
-from .losses import eps_mse_weight, l_simple, variance_mismatch, weighted_eps_mse
+                         bound_term_bpd, prior_bpd, vlb)
+from .losses import eps_mse_weight, l_simple, l_vlb, variance_mismatch, weighted_eps_mse
 from .oracles import GaussianData, MemorizingOracle
 from .posterior import predict_eps_from_x0, predict_x0_from_eps, q_posterior
 from .reverse import ReverseStep, p_mean_variance, p_sample
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "NoiseSchedule", "q_step", "q_sample", "q_chain", "naive_chain", "q_posterior", "predict_x0_from_eps",
     "predict_eps_from_x0", "ReverseStep", "p_mean_variance", "p_sample", "normal_kl",
-    "discretized_gaussian_log_likelihood", "gaussian_log_likelihood", "prior_bpd", "VLB", "vlb", "l_simple",
+    "discretized_gaussian_log_likelihood", "gaussian_log_likelihood", "prior_bpd", "bound_term_bpd", "VLB", "vlb", "l_simple", "l_vlb",
     "eps_mse_weight", "variance_mismatch", "weighted_eps_mse", "sample", "sample_trajectory", "Trajectory",
     "MemorizingOracle", "GaussianData", "run_mode", "pick", "seed",
     "TOY_2D", "CelebA", "ImageArray", "digits", "fake_celeba", "get_dataset", "preprocess_celeba", "to_model_range",

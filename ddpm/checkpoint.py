@@ -65,7 +65,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 # What a resumed run must share with its checkpoint: every setting that changes the sequence of weights
 # (not steps, intervals, out_dir, device, the GPU switches or the number of processes).
 TRAJECTORY = ("data", "image_size", "model", "dropout", "T", "beta_1", "beta_T", "batch_size", "lr", "warmup",
-              "grad_clip", "ema_decay", "flip", "seed")
+              "grad_clip", "ema_decay", "flip", "seed", "loss", "variance")
 
 
 def check_resumable(saved: dict, config: dict, path) -> None:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .forward import q_sample
 from .posterior import q_posterior
-from .reverse import EpsModel, p_mean_variance
+from .reverse import EpsModel, p_mean_variance, timesteps_like
 from .schedule import NoiseSchedule, extract
 
 BIN_HALF_WIDTH = 1 / 255  # the 256 levels k/127.5 - 1 are 2/255 apart
@@ -56,14 +56,16 @@ def _log_ndtr_diff(upper: Tensor, lower: Tensor) -> Tensor:
     return log_a + torch.log(-torch.expm1(log_b - log_a))
 
 
-def discretized_gaussian_log_likelihood(x, mean, log_scale) -> Tensor:
+def discretized_gaussian_log_likelihood(x, mean, log_scale, *, check: bool = True) -> Tensor:
     """Eq. 13: log of the mass N(mean, e^(2 log_scale)) puts on x's bin, elementwise, in nats.
 
     The bin of x is [x − 1/255, x + 1/255], open-ended below at x = −1 and above at x = +1, so the
-    probabilities of the 256 levels sum to one. ``x`` must lie on the 256-level grid.
+    probabilities of the 256 levels sum to one. ``x`` must lie on the 256-level grid (checked unless
+    ``check=False``, for callers that checked it once already: the check reads values back to the host).
     """
     x, mean, log_scale = _as_tensors(x, mean, log_scale)
-    check_on_grid(x)
+    if check:
+        check_on_grid(x)
     out_dtype = x.dtype
     x, mean, log_scale = x.double(), mean.double(), log_scale.double()
     inv_scale = torch.exp(-log_scale)
@@ -92,6 +94,27 @@ def prior_bpd(s: NoiseSchedule, x0: Tensor) -> Tensor:
     mean = extract(s.alpha_bars.sqrt(), t, x0) * x0
     logvar = extract((1 - s.alpha_bars).log(), t, x0).expand_as(x0)
     return _mean_bits(normal_kl(mean, logvar, 0.0, 0.0))
+
+
+def bound_term_bpd(s: NoiseSchedule, eps_model: EpsModel, x0: Tensor, t, noise: Tensor,
+                   variance: str = "fixedlarge", clip_denoised: bool = True, discrete: bool = True):
+    """L_(t-1) of Eq. 5 for each image at its own t, in bits/dim: KL(q(x_(t-1) | x_t, x_0) ‖ p_θ(x_(t-1) | x_t))
+    for t ≥ 2 and the decoder's −log p_θ(x_0 | x_1) for t = 1, with x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) noise.
+
+    Returns (terms [B] in float64, the reverse step). Differentiable; reads nothing back to the host.
+    """
+    t = s.check_t(t)
+    xt = q_sample(s, x0, t, noise)
+    step = p_mean_variance(s, eps_model, xt, t, variance, clip_denoised)
+    true_mean, true_var = q_posterior(s, x0, xt, t)
+    # in float64: for t near T the KL is a small difference of O(1) numbers. At t = 1, β̃_1 = 0: the clamp
+    # keeps that (unused) KL finite, so that its zero weight in the torch.where below gives zero gradient.
+    kl = _mean_bits(normal_kl(true_mean.double(), true_var.double().clamp_min(1e-300).log(), step.mean.double(),
+                              step.log_variance.double()))
+    decoder = (lambda *a: discretized_gaussian_log_likelihood(*a, check=False)) if discrete \
+        else gaussian_log_likelihood
+    nll = -_mean_bits(decoder(x0, step.mean, (0.5 * step.log_variance).expand_as(x0)).double())
+    return torch.where(timesteps_like(s, t, x0) == 1, nll, kl), step
 
 
 class VLB(NamedTuple):
@@ -123,17 +146,7 @@ def vlb(s: NoiseSchedule, eps_model: EpsModel, x0: Tensor, variance: str = "fixe
         t = ts.repeat_interleave(B)
         x = x0.repeat(len(ts), *([1] * (x0.dim() - 1)))
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        xt = q_sample(s, x, t, noise)
-        step = p_mean_variance(s, eps_model, xt, t, variance, clip_denoised)
-        true_mean, true_var = q_posterior(s, x, xt, t)
-        # in float64: for t near T the KL is a small difference of O(1) numbers
-        term = _mean_bits(normal_kl(true_mean.double(), true_var.double().log(), step.mean.double(),
-                                    step.log_variance.double()))
-        first = t == 1
-        if first.any():
-            decoder = discretized_gaussian_log_likelihood if discrete else gaussian_log_likelihood
-            log_scale = (0.5 * step.log_variance).expand_as(x)[first]
-            term[first] = -_mean_bits(decoder(x[first], step.mean[first], log_scale)).double()
+        term, step = bound_term_bpd(s, eps_model, x, t, noise, variance, clip_denoised, discrete)
         terms[:, ts - 1] = term.reshape(len(ts), B).T
         mse[:, ts - 1] = ((step.eps - noise) ** 2).flatten(1).mean(1).double().reshape(len(ts), B).T
     prior = prior_bpd(s, x0).double()

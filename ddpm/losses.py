@@ -1,4 +1,4 @@
-"""Training objectives: L_(t-1) as a weighted ε-MSE (Eq. 12) and L_simple (Eq. 14) of Ho et al. (2020)."""
+"""Training objectives of Ho et al. (2020): the true bound (Eq. 5), L_(t-1) as a weighted ε-MSE (Eq. 12), L_simple (Eq. 14)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .forward import q_sample
+from .likelihood import bound_term_bpd
 from .reverse import EpsModel, call_eps_model
 from .schedule import NoiseSchedule
 
@@ -54,3 +55,15 @@ def weighted_eps_mse(s: NoiseSchedule, eps_model: EpsModel, x0: Tensor, t=None, 
     weight = eps_mse_weight(s, t, variance).to(x0)
     weight = weight.reshape(-1, *([1] * (x0.dim() - 1))) if weight.dim() else weight
     return (weight * (eps - noise) ** 2).flatten(1).sum(1)
+
+
+def l_vlb(s: NoiseSchedule, eps_model: EpsModel, x0: Tensor, t=None, noise=None, variance: str = "fixedlarge",
+          generator=None) -> Tensor:
+    """Eq. 5 as a training objective: T · L_(t-1) at t ~ Uniform{1, …, T}, averaged over the batch, in bits/dim.
+
+    An unbiased estimate of Σ_t L_(t-1), the part of the bound that depends on θ (L_T does not). This is
+    the "true variational bound" objective of the paper's Table 2; x_0 must lie on the 256-level grid.
+    """
+    t, noise = _draw(s, x0, t, noise, generator)
+    terms, _ = bound_term_bpd(s, eps_model, x0, t, noise, variance, clip_denoised=False)
+    return s.T * terms.mean()

@@ -1,4 +1,4 @@
-"""Algorithm 1 of Ho et al. (2020) as the paper ran it: Adam at 2e-4 with a linear warm-up, gradients
+"""Algorithm 1 of Ho et al. (2020) as the paper ran it (or, with loss="vlb", the true bound of its Table 2): Adam at 2e-4 with a linear warm-up, gradients
 clipped to norm 1, an EMA of the weights (decay 0.9999) to sample from; with checkpoints that resume
 exactly, bf16 autocast / torch.compile / channels_last on a GPU, and DistributedDataParallel under torchrun.
 
@@ -32,7 +32,7 @@ from .batches import StepBatches, step_noise, step_seed
 from .checkpoint import check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import get_dataset
 from .ema import ema_copy, ema_decay, ema_update
-from .losses import l_simple
+from .losses import l_simple, l_vlb
 from .sampling import sample
 from .schedule import NoiseSchedule
 from .unet import UNet
@@ -54,6 +54,9 @@ class TrainConfig:
     T: int = _opt(1000, "number of diffusion steps")
     beta_1: float = _opt(1e-4, "first variance of the linear schedule")
     beta_T: float = _opt(0.02, "last variance of the linear schedule")
+    loss: str = _opt("simple", "training objective: 'simple' (L_simple, Eq. 14) or 'vlb' (the true bound, Eq. 5)")
+    variance: str = _opt("fixedlarge", "sigma_t^2 of p_theta for loss='vlb': 'fixedlarge' (beta_t) or "
+                                       "'fixedsmall' (beta-tilde_t)")
     batch_size: int = _opt(128, "GLOBAL batch size, divided evenly across torchrun processes (paper: 128)")
     lr: float = _opt(2e-4, "Adam learning rate (paper: 2e-4)")
     warmup: int | None = _opt(None, "steps of linear learning-rate warm-up (paper: 5000; digits: 200)")
@@ -110,6 +113,10 @@ def resolve(config: TrainConfig, image_shape, device: torch.device, world_size: 
     if c.batch_size % world_size:
         raise ValueError(f"batch_size={c.batch_size} is the global batch and must divide evenly across the "
                          f"{world_size} processes; use a multiple of {world_size}")
+    if c.loss not in ("simple", "vlb"):
+        raise ValueError(f"loss must be 'simple' or 'vlb', got {c.loss!r}")
+    if c.variance not in ("fixedlarge", "fixedsmall"):
+        raise ValueError(f"variance must be 'fixedlarge' or 'fixedsmall', got {c.variance!r}")
     if c.model not in UNet.PRESETS and c.model != "custom":
         raise ValueError(f"unknown model preset {c.model!r}; choose one of {sorted(UNet.PRESETS)}")
     return c
@@ -223,7 +230,8 @@ def _train(config, model, dataset, progress, rank, world, device) -> TrainResult
         for group in opt.param_groups:
             group["lr"] = lrs[-1]
         with torch.autocast(device.type, torch.bfloat16, enabled=config.bf16):
-            loss = l_simple(s, net, x0, t, noise)
+            loss = l_simple(s, net, x0, t, noise) if config.loss == "simple" else \
+                l_vlb(s, net, x0, t, noise, config.variance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -75,3 +75,26 @@ def test_bad_shapes():
         ddpm.l_simple(s, lambda x, t: x.sum(1), torch.randn(8, 2))
     with pytest.raises(ValueError, match=r"\{1, ..., T=10\}"):
         ddpm.l_simple(s, lambda x, t: x, torch.randn(8, 2), t=torch.zeros(8, dtype=torch.long))
+
+
+def test_l_vlb_sums_to_the_bound_of_the_memorizing_oracle(gen):
+    """With every t once, T · mean_t L_(t-1) is Σ L_(t-1): for the oracle that is its closed-form bound minus L_T."""
+    s = NoiseSchedule.linear(T=200, beta_1=1e-3, beta_T=0.1)
+    x_star = (torch.randint(0, 256, (1, 4, 4), generator=gen).double() / 127.5 - 1)
+    oracle = ddpm.MemorizingOracle(s, x_star)
+    t = torch.arange(1, s.T + 1)
+    x0 = x_star.expand(s.T, -1, -1).contiguous()
+    for variance in ("fixedlarge", "fixedsmall"):
+        loss = ddpm.l_vlb(s, oracle, x0, t, torch.randn(x0.shape, generator=gen, dtype=x0.dtype), variance)
+        prior, terms = oracle.vlb_bpd(variance)
+        assert loss.item() == pytest.approx(terms.sum().item(), rel=1e-9)
+
+
+def test_l_vlb_has_finite_gradients_at_t_1():
+    """At t = 1 the posterior variance is 0; the unused KL branch must not poison the decoder's gradient."""
+    s = NoiseSchedule.linear(T=10, beta_1=1e-3, beta_T=0.2)
+    lin = torch.nn.Linear(4, 4)
+    x0 = torch.tensor([[-1.0, 1.0, 3 / 127.5 - 1, 200 / 127.5 - 1]]).repeat(10, 1)
+    loss = ddpm.l_vlb(s, lambda x, t: lin(x), x0, torch.arange(1, 11), torch.randn(10, 4))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lin.weight.grad).all() and lin.weight.grad.abs().sum() > 0
