@@ -24,6 +24,9 @@ class ReverseStep(NamedTuple):
 
 def timesteps_like(s: NoiseSchedule, t, x: Tensor) -> Tensor:
     """``t`` (an int or a tensor) as a checked long tensor of shape [B] on ``x``'s device."""
+    if isinstance(t, int):  # the sampler's case: check on the host, then build t on the device (no copy)
+        s.check_t(t)
+        return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     t = s.check_t(t).to(x.device)
     return t.expand(x.shape[0]) if t.dim() == 0 else t
 

@@ -47,7 +47,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2)           # [B, HW, 3C], a view if channels_last
+        # [B, HW, 3C]: free under channels_last; otherwise a copy, which lets SDPA use its fused kernels
+        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).contiguous()
         q, k, v = qkv.reshape(B, 1, H * W, 3, C).unbind(3)                  # each [B, 1 head, HW, C]
         h = F.scaled_dot_product_attention(q, k, v)                         # softmax(q kᵀ / √C) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
