@@ -18,15 +18,6 @@ from ddpm.celeba import fake_celeba
 FAST = ["--T", "20", "--batch-size", "4", "--sample-every", "0", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with two pytest workers on two cores, more threads only contend (30x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("command, flags", [("train", ["--data-dir", "--no-bf16", "--no-compile", "--resume"]),
                                             ("sample", ["--checkpoint", "--npy", "--no-ema"]),
                                             ("evaluate", ["--checkpoint", "--num-images", "--split"])])

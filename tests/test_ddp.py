@@ -17,20 +17,11 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from ddpm.checkpoint import load_checkpoint
 from ddpm.train import TrainConfig, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with two pytest workers on two cores, more threads only contend (30x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SETTINGS = dict(data="digits", model="tiny", dropout=0.0, T=50, batch_size=8, steps=4, warmup=2,
                 log_every=1, sample_every=0, checkpoint_every=0)

@@ -20,15 +20,6 @@ from ddpm.batches import StepBatches, batch_indices, step_noise
 from ddpm.train import NonFiniteLossError, TrainConfig, resolve, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with two pytest workers on two cores, more threads only contend (30x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyNet(nn.Module):
     """A small ε-network with a timestep embedding, GroupNorm and dropout, fast on a CPU."""
 
