@@ -91,8 +91,8 @@ def _mean_bits(x: Tensor) -> Tensor:
 def prior_bpd(s: NoiseSchedule, x0: Tensor) -> Tensor:
     """L_T = KL(q(x_T | x_0) ‖ N(0, I)) for each image, in bits/dim."""
     t = torch.full((x0.shape[0],), s.T, dtype=torch.long)
-    mean = extract(s.alpha_bars.sqrt(), t, x0) * x0
-    logvar = extract((1 - s.alpha_bars).log(), t, x0).expand_as(x0)
+    mean = extract(s.sqrt_alpha_bars, t, x0) * x0
+    logvar = extract(s.log_one_minus_alpha_bars, t, x0).expand_as(x0)
     return _mean_bits(normal_kl(mean, logvar, 0.0, 0.0))
 
 

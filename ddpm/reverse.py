@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -25,7 +26,7 @@ class ReverseStep(NamedTuple):
 def timesteps_like(s: NoiseSchedule, t, x: Tensor) -> Tensor:
     """``t`` (an int or a tensor) as a checked long tensor of shape [B] on ``x``'s device."""
     if isinstance(t, int):  # the sampler's case: check on the host, then build t on the device (no copy)
-        s.check_t(t)
+        s.checked(t)
         return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     t = s.check_t(t).to(x.device)
     return t.expand(x.shape[0]) if t.dim() == 0 else t
@@ -46,14 +47,16 @@ def p_mean_variance(s: NoiseSchedule, eps_model: EpsModel, xt: Tensor, t, varian
     Without clipping this equals Eq. 11, (x_t − β_t/√(1 − ᾱ_t) ε_θ)/√α_t; with clipping, x̂_0 is
     first projected onto the data range [-1, 1].
     """
-    t = timesteps_like(s, t, xt)
-    eps = call_eps_model(eps_model, xt, t)
+    t_batch = timesteps_like(s, t, xt)
+    eps = call_eps_model(eps_model, xt, t_batch)
+    t = t if isinstance(t, int) else t_batch  # one int t: host coefficients (NoiseSchedule.at)
     pred_x0 = predict_x0_from_eps(s, xt, t, eps)
     if clip_denoised:
         pred_x0 = pred_x0.clamp(-1, 1)
     mean, _ = q_posterior(s, pred_x0, xt, t)
-    var = s.model_variance(variance)
-    return ReverseStep(mean, extract(var, t, xt), extract(var.log(), t, xt), pred_x0, eps)
+    s.model_variance(variance)  # checks the name
+    return ReverseStep(mean, extract(getattr(s, f"{variance}_variance"), t_batch, xt),
+                       extract(getattr(s, f"{variance}_log_variance"), t_batch, xt), pred_x0, eps)
 
 
 def p_sample(s: NoiseSchedule, eps_model: EpsModel, xt: Tensor, t, noise: Tensor, variance: str = "fixedlarge",
@@ -63,6 +66,9 @@ def p_sample(s: NoiseSchedule, eps_model: EpsModel, xt: Tensor, t, noise: Tensor
     Returns (x_(t-1), x̂_0).
     """
     step = p_mean_variance(s, eps_model, xt, t, variance, clip_denoised)
+    if isinstance(t, int):  # the sampler's case: σ_t as a host float
+        sigma = 0.0 if t == 1 else math.exp(0.5 * s.at(f"{variance}_log_variance", t, xt))
+        return step.mean + sigma * noise, step.pred_x0
     t = timesteps_like(s, t, xt)
     nonzero = (t > 1).to(xt.dtype).reshape(-1, *([1] * (xt.dim() - 1)))
     return step.mean + nonzero * torch.exp(0.5 * step.log_variance) * noise, step.pred_x0

@@ -38,6 +38,22 @@ class NoiseSchedule:
         self.posterior_variance = torch.cat([nan, betas * (1 - ab_prev) / (1 - ab)])
         self.posterior_mean_coef1 = torch.cat([nan, betas * ab_prev.sqrt() / (1 - ab)])
         self.posterior_mean_coef2 = torch.cat([nan, (1 - ab_prev) * self.alphas[1:].sqrt() / (1 - ab)])
+        # Every per-t coefficient the math modules use, computed once (as the original does) rather
+        # than re-derived from ᾱ in each call: Eq. 2's, Eq. 4's and its inverses'.
+        self.sqrt_alphas = self.alphas.sqrt()
+        self.sqrt_betas = self.betas.sqrt()
+        self.sqrt_alpha_bars = self.alpha_bars.sqrt()
+        self.sqrt_one_minus_alpha_bars = (1 - self.alpha_bars).sqrt()
+        self.log_one_minus_alpha_bars = (1 - self.alpha_bars).log()
+        self.sqrt_recip_alpha_bars = (1 / self.alpha_bars).sqrt()
+        self.sqrt_recipm1_alpha_bars = (1 / self.alpha_bars - 1).sqrt()
+        self.fixedlarge_variance = self._model_variance(self.betas)
+        self.fixedsmall_variance = self._model_variance(self.posterior_variance)
+        self.fixedlarge_log_variance = self.fixedlarge_variance.log()
+        self.fixedsmall_log_variance = self.fixedsmall_variance.log()
+        # Host copies for the sampler, which uses one t for the whole batch: a Python float multiplies
+        # a tensor with no indexing kernel and no read-back from the device.
+        self._host = {name: value.tolist() for name, value in vars(self).items() if isinstance(value, Tensor)}
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
@@ -73,15 +89,34 @@ class NoiseSchedule:
         "fixedlarge" is σ_t² = β_t and "fixedsmall" is σ_t² = β̃_t. At t = 1 both use β̃_2, as the
         original implementation does: β̃_1 = 0 would make the decoder L_0 a point mass.
         """
-        if variance == "fixedlarge":
-            var = self.betas.clone()
-        elif variance == "fixedsmall":
-            var = self.posterior_variance.clone()
-        else:
+        if variance not in ("fixedlarge", "fixedsmall"):
             raise ValueError(f"variance must be 'fixedlarge' or 'fixedsmall', got {variance!r}")
+        return getattr(self, f"{variance}_variance")
+
+    def _model_variance(self, var: Tensor) -> Tensor:
+        var = var.clone()
         var[0] = math.nan
         var[1] = self.posterior_variance[2] if self.T >= 2 else self.betas[1]
         return var
+
+    def at(self, name: str, t, x: Tensor):
+        """The coefficient array ``name`` at timesteps ``t``, ready to multiply ``x``.
+
+        For one Python int t (the sampler's case) it is a Python float from the host copy: no kernel
+        and no device synchronisation. Otherwise it is :func:`extract`'s tensor.
+        """
+        if isinstance(t, int):
+            return self._host[name][t]
+        return extract(getattr(self, name), t, x)
+
+    def checked(self, t):
+        """``t`` checked as by :meth:`check_t`, but a Python int stays a Python int (see :meth:`at`)."""
+        if isinstance(t, int) and not isinstance(t, bool):
+            if not 1 <= t <= self.T:
+                raise ValueError(f"timesteps must lie in {{1, ..., T={self.T}}} (the paper's t; 0 is the "
+                                 f"clean data), got {t}")
+            return t
+        return self.check_t(t)
 
     def to(self, device) -> "NoiseSchedule":
         """The same schedule with every array on ``device`` (still float64).

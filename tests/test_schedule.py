@@ -119,3 +119,39 @@ def test_to_keeps_the_values():
     s = NoiseSchedule.cosine(100)
     moved = s.to("cpu")
     assert moved is not s and torch.equal(moved.posterior_variance.nan_to_num(), s.posterior_variance.nan_to_num())
+
+
+@pytest.mark.parametrize("make", [lambda: NoiseSchedule.linear(), lambda: NoiseSchedule.cosine(200)])
+def test_cached_coefficients_equal_their_definitions(make):
+    """The per-t coefficients computed once in __init__, against the formulas in Python floats."""
+    s = make()
+    for t in (1, 2, s.T // 2, s.T):
+        ab = math.prod(1 - s.betas[k].item() for k in range(1, t + 1))
+        expect = {"sqrt_alpha_bars": math.sqrt(ab), "sqrt_one_minus_alpha_bars": math.sqrt(1 - ab),
+                  "log_one_minus_alpha_bars": math.log(1 - ab), "sqrt_recip_alpha_bars": ab ** -0.5,
+                  "sqrt_recipm1_alpha_bars": math.sqrt(1 / ab - 1),
+                  "sqrt_alphas": math.sqrt(1 - s.betas[t].item()), "sqrt_betas": math.sqrt(s.betas[t].item())}
+        for name, value in expect.items():
+            assert getattr(s, name)[t].item() == pytest.approx(value, rel=1e-9), (name, t)
+            assert s.at(name, t, torch.zeros(1)) == getattr(s, name)[t].item()  # the host copy
+        for variance in ("fixedlarge", "fixedsmall"):
+            log_var = getattr(s, f"{variance}_log_variance")[t].item()
+            assert log_var == pytest.approx(math.log(s.model_variance(variance)[t].item()), rel=1e-12)
+
+
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall"])
+def test_one_int_t_gives_what_a_batch_of_t_gives(variance, gen):
+    """The sampler's fast path (one Python int t, host-float coefficients) against the tensor path, to
+    float32 rounding: both multiply the same float64 coefficient rounded to float32."""
+    import ddpm
+    s = NoiseSchedule.linear(T=100)
+    x, noise = torch.randn(2, 5, 3, 3, generator=gen).unbind(0)
+    model = lambda xt, tt: 0.3 * xt + tt.float().reshape(-1, 1, 1) / 100
+    for t in (1, 2, 57, 100):
+        batch = torch.full((5,), t)
+        assert torch.equal(ddpm.q_sample(s, x, t, noise), ddpm.q_sample(s, x, batch, noise))
+        one, many = ddpm.p_sample(s, model, x, t, noise, variance), ddpm.p_sample(s, model, x, batch, noise, variance)
+        for a, b in zip(one, many):
+            torch.testing.assert_close(a, b, rtol=2e-7, atol=2e-7)
+    with pytest.raises(ValueError, match=r"\{1, ..., T=100\}"):
+        ddpm.q_sample(s, x, 101, noise)
