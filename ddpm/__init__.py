@@ -15,11 +15,11 @@ from .levels import to_model_range, to_uint8
 from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
                          bound_term_bpd, prior_bpd, vlb)
 from .losses import eps_mse_weight, l_simple, l_vlb, variance_mismatch, weighted_eps_mse
-from .oracles import GaussianData, MemorizingOracle
+from .oracles import GaussianData, GaussianMixture, MemorizingOracle
 from .posterior import predict_eps_from_x0, predict_x0_from_eps, q_posterior
 from .reverse import ReverseStep, p_mean_variance, p_sample
 from .runtime import pick, run_mode, seed
-from .sampling import Trajectory, sample, sample_trajectory
+from .sampling import Trajectory, ddim_sample, ddim_step, ddim_timesteps, sample, sample_trajectory
 from .schedule import NoiseSchedule
 from .train import NonFiniteLossError, TrainConfig, TrainResult  # the loop itself: ddpm.train.train
 from .unet import UNet, timestep_embedding
@@ -31,7 +31,7 @@ __all__ = [
     "predict_eps_from_x0", "ReverseStep", "p_mean_variance", "p_sample", "normal_kl",
     "discretized_gaussian_log_likelihood", "gaussian_log_likelihood", "prior_bpd", "bound_term_bpd", "VLB", "vlb", "l_simple", "l_vlb",
     "eps_mse_weight", "variance_mismatch", "weighted_eps_mse", "sample", "sample_trajectory", "Trajectory",
-    "MemorizingOracle", "GaussianData", "run_mode", "pick", "seed",
+    "MemorizingOracle", "GaussianData", "GaussianMixture", "ddim_sample", "ddim_step", "ddim_timesteps", "run_mode", "pick", "seed",
     "TOY_2D", "CelebA", "ImageArray", "digits", "fake_celeba", "get_dataset", "preprocess_celeba", "to_model_range",
     "to_uint8", "toy_2d", "UNet", "timestep_embedding",
     "TrainConfig", "TrainResult", "NonFiniteLossError", "load_model",

@@ -86,3 +86,69 @@ class GaussianData:
             terms[1:] += variance_mismatch(s, t[1:], variance)
         terms[0] += 0.5 * torch.log(2 * math.pi * sigma2[1])  # −E log N(x_0; x̂_0, σ_1²)
         return prior, terms / LOG2
+
+
+class GaussianMixture:
+    """Data x_0 ~ Σ_k w_k N(m_k, s_k² I): every marginal q(x_t) is again a mixture, with means √ᾱ_t m_k
+    and variances v_k = ᾱ_t s_k² + 1 − ᾱ_t, so its score ∇ log q(x_t) is known in closed form.
+
+    ``t`` may be 0 (the data) to T. The optimal ε-model is ε*(x_t, t) = −√(1 − ᾱ_t) ∇ log q(x_t) (Tweedie).
+    """
+
+    def __init__(self, s: NoiseSchedule, means, stds, weights=None):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.dim() != 2:
+            raise ValueError(f"means must have shape [K, D] (one row per component), got {tuple(means.shape)}")
+        K = means.shape[0]
+        stds = torch.as_tensor(stds, dtype=torch.float64).expand(K).clone()
+        weights = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else \
+            torch.as_tensor(weights, dtype=torch.float64)
+        if not (stds > 0).all():
+            raise ValueError(f"every component std must be positive, got {stds.tolist()}")
+        if weights.shape != (K,) or (weights < 0).any() or abs(float(weights.sum()) - 1) > 1e-9:
+            raise ValueError(f"weights must be {K} non-negative numbers summing to 1, got {weights.tolist()}")
+        self.s, self.means, self.stds, self.weights = s, means, stds, weights
+
+    @classmethod
+    def gaussians8(cls, s: NoiseSchedule) -> "GaussianMixture":
+        """The law of ``toy_2d("gaussians8")``: 8 equal components of std 0.1 on a circle of radius √1.98."""
+        angle = 2 * math.pi / 8 * torch.arange(8, dtype=torch.float64)
+        return cls(s, math.sqrt(1.98) * torch.stack([angle.cos(), angle.sin()], 1), 0.1)
+
+    def sample(self, n: int, generator=None, dtype=torch.float64) -> Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+        return (self.means[k] + self.stds[k, None] * noise).to(dtype)
+
+    def _components(self, xt: Tensor, t) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """√ᾱ_t as [B, 1, 1], v_k as [B, K, 1], x_t − √ᾱ_t m_k as [B, K, D], responsibilities [B, K, 1]."""
+        t = torch.as_tensor(t)
+        if t.numel() and (t.min() < 0 or t.max() > self.s.T):
+            raise ValueError(f"timesteps must lie in {{0, ..., T={self.s.T}}}, got {t.tolist()}")
+        x = xt.double()
+        ab = extract(self.s.alpha_bars, t, x[:, :1]).reshape(-1, 1, 1).expand(x.shape[0], 1, 1)
+        v = ab * self.stds[None, :, None] ** 2 + 1 - ab
+        diff = x[:, None, :] - ab.sqrt() * self.means[None]
+        log_p = self.weights.log()[None, :, None] - 0.5 * (diff ** 2).sum(2, keepdim=True) / v \
+            - 0.5 * x.shape[1] * torch.log(2 * math.pi * v)
+        return ab.sqrt(), v, diff, log_p
+
+    def log_density(self, xt: Tensor, t) -> Tensor:
+        """log q(x_t) for each row of x_t [B, D], float64."""
+        _, _, _, log_p = self._components(xt, t)
+        return torch.logsumexp(log_p, dim=1)[:, 0]
+
+    def score(self, xt: Tensor, t) -> Tensor:
+        """∇ log q(x_t) = Σ_k r_k(x_t) (√ᾱ_t m_k − x_t)/v_k, with r_k the posterior weight of component k."""
+        _, v, diff, log_p = self._components(xt, t)
+        return (torch.softmax(log_p, dim=1) * -diff / v).sum(1).to(xt.dtype)
+
+    def posterior_mean(self, xt: Tensor, t) -> Tensor:
+        """E[x_0 | x_t] by Gaussian conditioning within each component (no score involved):
+        Σ_k r_k (m_k + √ᾱ_t s_k²/v_k (x_t − √ᾱ_t m_k))."""
+        root_ab, v, diff, log_p = self._components(xt, t)
+        within = self.means[None] + root_ab * self.stds[None, :, None] ** 2 / v * diff
+        return (torch.softmax(log_p, dim=1) * within).sum(1).to(xt.dtype)
+
+    def __call__(self, xt: Tensor, t: Tensor) -> Tensor:
+        return -extract((1 - self.s.alpha_bars).sqrt(), t, xt) * self.score(xt, t)

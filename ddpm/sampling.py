@@ -1,4 +1,4 @@
-"""Ancestral sampling, Algorithm 2 of Ho et al. (2020): from x_T ~ N(0, I) down to x_0."""
+"""Ancestral sampling, Algorithm 2 of Ho et al. (2020): from x_T ~ N(0, I) down to x_0; and DDIM."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .reverse import EpsModel, p_sample
+from .posterior import predict_eps_from_x0, predict_x0_from_eps
+from .reverse import EpsModel, call_eps_model, p_sample, timesteps_like
 from .schedule import NoiseSchedule
 
 
@@ -46,3 +47,59 @@ def sample(s: NoiseSchedule, eps_model: EpsModel, shape, variance: str = "fixedl
     """Algorithm 2: draw ``shape[0]`` samples x_0 from p_θ."""
     return sample_trajectory(s, eps_model, shape, (), variance, clip_denoised, generator, device, dtype,
                              progress).x0
+
+
+def ddim_timesteps(s: NoiseSchedule, steps) -> list[int]:
+    """The increasing subsequence τ_1 < … < τ_S of {1, …, T} that DDIM visits: ``steps`` is S (spread
+    evenly, ending at T), or the timesteps themselves, or None for all T."""
+    if steps is None:
+        return list(range(1, s.T + 1))
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        if not 1 <= steps <= s.T:
+            raise ValueError(f"the number of DDIM steps must lie in 1..T={s.T}, got {steps}")
+        return torch.linspace(s.T / steps, s.T, steps, dtype=torch.float64).round().long().tolist()
+    taus = s.check_t(list(steps)).tolist()
+    if not taus or any(b <= a for a, b in zip(taus, taus[1:])):
+        raise ValueError(f"DDIM timesteps must be a non-empty, strictly increasing list, got {taus}")
+    return taus
+
+
+def ddim_step(s: NoiseSchedule, eps_model: EpsModel, xt: Tensor, t: int, t_prev: int, eta: float, noise: Tensor,
+              clip_denoised: bool = True) -> tuple[Tensor, Tensor]:
+    """One DDIM step from t to t_prev < t (Song et al. 2021, Eq. 12), returning (x_(t_prev), x̂_0):
+
+    x_(t_prev) = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε_θ + σ z,
+    σ² = η² (1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev), with ᾱ_prev = ᾱ_0 = 1 for t_prev = 0.
+
+    When x̂_0 is clipped, ε_θ is recomputed from it so that both terms describe the same clean point.
+    """
+    if not 0 <= t_prev < t:
+        raise ValueError(f"a DDIM step goes from t to an earlier t_prev >= 0; got t={t}, t_prev={t_prev}")
+    ab, ab_prev = float(s.alpha_bars[t]), float(s.alpha_bars[t_prev])
+    eps = call_eps_model(eps_model, xt, timesteps_like(s, t, xt))
+    pred_x0 = predict_x0_from_eps(s, xt, t, eps)
+    if clip_denoised:
+        pred_x0 = pred_x0.clamp(-1, 1)
+        eps = predict_eps_from_x0(s, xt, t, pred_x0)
+    var = eta ** 2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
+    x_prev = ab_prev ** 0.5 * pred_x0 + max(1 - ab_prev - var, 0.0) ** 0.5 * eps + var ** 0.5 * noise
+    return x_prev, pred_x0
+
+
+@torch.no_grad()
+def ddim_sample(s: NoiseSchedule, eps_model: EpsModel, shape, steps=None, eta: float = 0.0,
+                clip_denoised: bool = True, x_T: Tensor | None = None, generator=None, device=None,
+                dtype=torch.float32, progress: bool = False) -> Tensor:
+    """DDIM (Song et al. 2021) from x_T ~ N(0, I) (or the given ``x_T``) down the timesteps of
+    :func:`ddim_timesteps`, one :func:`ddim_step` each, to x_0.
+
+    η = 0 is deterministic given x_T; η = 1 over all T steps is Algorithm 2 with σ_t² = β̃_t.
+    """
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM's posterior variance), got {eta}")
+    taus = [0] + ddim_timesteps(s, steps)
+    x = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device) if x_T is None else x_T
+    for i in tqdm(range(len(taus) - 1, 0, -1), desc="DDIM", disable=not progress, leave=False):
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x, _ = ddim_step(s, eps_model, x, taus[i], taus[i - 1], eta, noise, clip_denoised)
+    return x
