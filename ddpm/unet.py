@@ -190,10 +190,14 @@ class UNet(nn.Module):
 
     def _initialise(self):
         """The original's initialisation: Xavier-uniform weights, zero biases, and zero for each residual
-        branch's last layer and the output convolution, so that a fresh network returns exactly 0."""
+        branch's last layer and the output convolution, so that a fresh network returns exactly 0. The fused
+        q, k, v convolution is initialised a third at a time, as the original's three C x C layers were
+        (Xavier on the whole 3C x C weight would give them 0.707x that std)."""
+        fused = {id(m.qkv) for m in self.modules() if isinstance(m, Attention)}
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight)
+                for w in m.weight.detach().chunk(3 if id(m) in fused else 1):
+                    nn.init.xavier_uniform_(w)
                 nn.init.zeros_(m.bias)
         zero = [m.conv2 for m in self.modules() if isinstance(m, ResBlock)]
         zero += [m.proj for m in self.modules() if isinstance(m, Attention)] + [self.conv_out]
