@@ -17,6 +17,7 @@ from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_
 from .losses import eps_mse_weight, l_simple, l_vlb, variance_mismatch, weighted_eps_mse
 from .oracles import GaussianData, GaussianMixture, MemorizingOracle
 from .posterior import predict_eps_from_x0, predict_x0_from_eps, q_posterior
+from .pretrained import save_pretrained
 from .reverse import ReverseStep, p_mean_variance, p_sample
 from .runtime import pick, run_mode, seed
 from .sampling import Trajectory, ddim_sample, ddim_step, ddim_timesteps, sample, sample_trajectory
@@ -38,4 +39,5 @@ __all__ = [
     "BitsPerDim", "Estimate", "RateDistortion", "bits_per_dim", "fid", "frechet_distance", "frechet_distance_gaussian",
     "noise_prediction_metrics", "rate_distortion", "DigitsClassifier", "FrechetScale", "digit_features",
     "digits_frechet_distance", "frechet_reference_scale", "train_digits_classifier",
+    "save_pretrained",
 ]

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import pretrained
+
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """The Transformer's sinusoidal position embedding (Vaswani et al. 2017, §3.5) of the timesteps t.
@@ -78,16 +80,21 @@ class ResBlock(nn.Module):
         return self.attn(self.shortcut(x) + h)
 
 
-class Downsample(nn.Module):
-    """Halve the resolution with a 3x3 convolution of stride 2 (padded by one pixel on every side, where the
-    TensorFlow original pads only the bottom and right: the same parameters, a grid one input pixel apart)."""
+PADDINGS = ("symmetric", "tf_same")
 
-    def __init__(self, channels: int):
+
+class Downsample(nn.Module):
+    """Halve the resolution with a 3x3 convolution of stride 2. ``padding="symmetric"`` pads one pixel on every
+    side; ``"tf_same"`` pads only the bottom and right, as TensorFlow's 'SAME' does for even sizes and so the
+    original network (and its released weights): the same parameters on a grid one input pixel apart."""
+
+    def __init__(self, channels: int, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.pad = (0, 1, 0, 1) if padding == "tf_same" else None
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.pad else 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, self.pad) if self.pad else x)
 
 
 class Upsample(nn.Module):
@@ -102,7 +109,10 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε_θ(x_t, t): images [B, C, S, S] and timesteps t ∈ {1, …, T} of shape [B] to noise [B, C, S, S]."""
+    """ε_θ(x_t, t): images [B, C, S, S] and timesteps t ∈ {1, …, T} of shape [B] to noise [B, C, S, S].
+
+    ``UNet.from_pretrained(name_or_path)`` loads the paper's released weights (see :mod:`ddpm.pretrained`).
+    """
 
     PRESETS = {
         # Ho et al. 2020, CIFAR-10: 35.7M parameters.
@@ -131,9 +141,24 @@ class UNet(nn.Module):
             config["attn_resolutions"] = (config["image_size"] // 2 ** (len(config["ch_mult"]) - 1),)
         return cls(**config)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path, device="cpu") -> "UNet":
+        """A released checkpoint in diffusers' layout (a Hub name such as ``google/ddpm-cifar10-32``, which
+        needs the ``hub`` extra, or a local folder), in eval mode, called with the paper's t ∈ {1, …, T}.
+        Its noise schedule and variance ("fixedlarge" or "fixedsmall") are ``.schedule`` and ``.variance``."""
+        checkpoint = pretrained.read(pretrained.locate(name_or_path))
+        model = cls(**checkpoint.config)
+        model.load_state_dict(pretrained.from_diffusers(model, checkpoint.weights), strict=True)
+        model.schedule, model.variance = checkpoint.schedule, checkpoint.variance
+        return model.to(device).eval()
+
     def __init__(self, in_channels: int = 3, ch: int = 128, ch_mult=(1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions=(16,), dropout: float = 0.1, image_size: int = 32, out_channels: int | None = None,
-                 conv_shortcut: bool = False, num_groups: int = 32):
+                 conv_shortcut: bool = False, num_groups: int = 32, downsample_padding: str = "symmetric",
+                 t_offset: int = 0):
+        """``downsample_padding``: see :class:`Downsample`. ``t_offset``: the network embeds t − t_offset; 0 for
+        networks trained here, 1 for the released checkpoints, trained on t ∈ {0, …, T−1} (the callers still
+        pass the paper's t ∈ {1, …, T})."""
         super().__init__()
         levels = len(ch_mult)
         resolutions = [image_size // 2**i for i in range(levels)]
@@ -143,17 +168,20 @@ class UNet(nn.Module):
         if image_size % 2 ** (levels - 1):
             raise ValueError(f"image_size={image_size} cannot be halved {levels - 1} times (ch_mult has {levels} "
                              f"levels); use an image_size divisible by {2 ** (levels - 1)} or fewer levels")
+        if downsample_padding not in PADDINGS:
+            raise ValueError(f"downsample_padding must be one of {PADDINGS}, got {downsample_padding!r}")
         if not set(attn_resolutions) <= set(resolutions):
             raise ValueError(f"attn_resolutions={tuple(attn_resolutions)} must be among the resolutions this "
                              f"network visits, {resolutions}")
         # UNet(**self.config) rebuilds this architecture (for checkpoints).
         self.config = dict(in_channels=in_channels, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
                            attn_resolutions=tuple(attn_resolutions), dropout=dropout, image_size=image_size,
-                           out_channels=out_channels, conv_shortcut=conv_shortcut, num_groups=num_groups)
+                           out_channels=out_channels, conv_shortcut=conv_shortcut, num_groups=num_groups,
+                           downsample_padding=downsample_padding, t_offset=t_offset)
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
         self.image_size, self.ch, self.ch_mult = image_size, ch, tuple(ch_mult)
         self.num_res_blocks, self.attn_resolutions = num_res_blocks, tuple(attn_resolutions)
-        self.num_groups = num_groups
+        self.num_groups, self.t_offset = num_groups, t_offset
 
         # t ↦ sinusoid(t) ∈ R^ch → dense 4ch → swish → dense 4ch → swish; each ResBlock projects it.
         self.emb = nn.Sequential(nn.Linear(ch, 4 * ch), nn.SiLU(), nn.Linear(4 * ch, 4 * ch), nn.SiLU())
@@ -170,7 +198,7 @@ class UNet(nn.Module):
                 c = ch * ch_mult[level]
                 skips.append(c)
             if level < levels - 1:
-                self.down.append(Downsample(c))
+                self.down.append(Downsample(c, downsample_padding))
                 skips.append(c)
 
         # Middle: ResBlock, attention, ResBlock at the lowest resolution.
@@ -224,7 +252,7 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """ε̂ = ε_θ(x_t, t), of x's shape (or out_channels channels)."""
         self.check_input(x, t)
-        emb = self.emb(timestep_embedding(t, self.ch).to(self.emb[0].weight.dtype))
+        emb = self.emb(timestep_embedding(t - self.t_offset, self.ch).to(self.emb[0].weight.dtype))
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ddpm import pretrained
 from ddpm.unet import Attention, ResBlock, UNet, timestep_embedding
 
 diffusers = pytest.importorskip("diffusers")
@@ -62,47 +63,12 @@ def test_each_preset_has_as_many_parameters_as_diffusers_unet2dmodel(name):
     assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
 
 
-def diffusers_state_dict(m: UNet) -> dict:
-    """m's weights under UNet2DModel's names (our fused q, k, v 1x1 convolution split into its three Linears)."""
-    rename = {"emb_proj": "time_emb_proj", "shortcut": "conv_shortcut", "norm": "group_norm", "proj": "to_out.0"}
-    prefixes = {"emb.0": "time_embedding.linear_1", "emb.2": "time_embedding.linear_2", "conv_in": "conv_in",
-                "norm_out": "conv_norm_out", "conv_out": "conv_out", "mid.0": "mid_block.resnets.0",
-                "mid.1": "mid_block.attentions.0", "mid.2": "mid_block.resnets.1"}
-    down, up, levels = iter(range(len(m.down))), iter(range(len(m.up))), len(m.ch_mult)
-    for level in range(levels):
-        for j in range(m.num_res_blocks):
-            i = next(down)
-            prefixes[f"down.{i}"] = f"down_blocks.{level}.resnets.{j}"
-            prefixes[f"down.{i}.attn"] = f"down_blocks.{level}.attentions.{j}"
-        if level < levels - 1:
-            prefixes[f"down.{next(down)}.conv"] = f"down_blocks.{level}.downsamplers.0.conv"
-    for level in range(levels):
-        for j in range(m.num_res_blocks + 1):
-            i = next(up)
-            prefixes[f"up.{i}"] = f"up_blocks.{level}.resnets.{j}"
-            prefixes[f"up.{i}.attn"] = f"up_blocks.{level}.attentions.{j}"
-        if level < levels - 1:
-            prefixes[f"up.{next(up)}.conv"] = f"up_blocks.{level}.upsamplers.0.conv"
-    out = {}
-    for key, value in m.state_dict().items():
-        module, leaf = key.rsplit(".", 1)
-        prefix = max((p for p in prefixes if module == p or module.startswith(p + ".")), key=len)
-        rest = module[len(prefix) + 1:]
-        name = ".".join(filter(None, [prefixes[prefix], rename.get(rest, rest)]))
-        if rest == "qkv":
-            for part, v in zip(("to_q", "to_k", "to_v"), value.chunk(3)):
-                out[f"{prefixes[prefix]}.{part}.{leaf}"] = v.flatten(1) if leaf == "weight" else v
-        else:  # the attention's output 1x1 convolution becomes a Linear
-            out[f"{name}.{leaf}"] = value.flatten(1) if rest == "proj" and leaf == "weight" else value
-    return out
-
-
 def test_computes_the_same_function_as_diffusers_unet2dmodel_with_the_same_weights(gen):
     """The strongest check of the architecture: UNet2DModel, set to the original's time embedding (sin first,
     frequencies 10000^(-i/(d/2-1))) and GroupNorm ε, gives our outputs once it has our weights."""
     m = perturbed(UNet(**SMALL), gen).eval()
     twin = diffusers_twin(m, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6).eval()
-    twin.load_state_dict(diffusers_state_dict(m), strict=True)
+    twin.load_state_dict(pretrained.to_diffusers(m), strict=True)  # the key map of ddpm/pretrained.py
     x, t = inputs(m, 2, gen)
     with torch.no_grad():
         ours, theirs = m(x, t), twin(x, t).sample
