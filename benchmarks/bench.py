@@ -41,10 +41,13 @@ import ddpm
 from ddpm import UNet
 
 # name -> (UNet preset, overrides): the paper's CIFAR-10 network, and the "tiny" preset at 32x32 RGB.
-SIZES = {"cifar10": ("cifar10", {}), "small": ("tiny", dict(in_channels=3, image_size=32))}
+SIZES = {"cifar10": ("cifar10", {}), "celeba64": ("celeba64", {}),
+         "small": ("tiny", dict(in_channels=3, image_size=32))}
+DEFAULT_SIZES = {"cpu": "cifar10,small", "cuda": "cifar10,celeba64,small"}
 # (device, size) -> training batch and timed steps per round.
 TRAIN = {("cpu", "cifar10"): (8, 1), ("cpu", "small"): (32, 4), ("cuda", "cifar10"): (128, 20),
-         ("cuda", "small"): (128, 20)}
+         ("cuda", "small"): (128, 20),
+         ("cpu", "celeba64"): (2, 1), ("cuda", "celeba64"): (64, 20)}
 # device -> sampling network size, batch and number of steps (on a CPU a shorter chain: time per step is what counts).
 SAMPLE = {"cpu": ("small", 4, 100), "cuda": ("cifar10", 128, 1000)}
 PEERS = ("diffusers", "dd-pytorch")
@@ -336,7 +339,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=positive, help="alternating rounds (default 5; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="smoke test: the small network, batch 2, 1 step, 5 sampling steps, 2 rounds")
     p.add_argument("--sizes", default=None, help="comma-separated training sizes from " + ", ".join(SIZES)
-                   + " (default: all; --quick: small)")
+                   + " (default: " + "; ".join(f"{d} {v}" for d, v in DEFAULT_SIZES.items()) + "; --quick: small)")
     p.add_argument("--batch", type=positive, help="training batch (default per device and size: "
                    + ", ".join(f"{d}/{s} {v[0]}" for (d, s), v in TRAIN.items()) + ")")
     p.add_argument("--steps", type=positive, help="timed training steps per round")
@@ -357,7 +360,7 @@ def main(argv=None) -> dict:
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    sizes = (args.sizes or ("small" if args.quick else ",".join(SIZES))).split(",")
+    sizes = (args.sizes or ("small" if args.quick else DEFAULT_SIZES[args.device])).split(",")
     if bad := [s for s in sizes if s not in SIZES]:
         p.error(f"unknown size(s) {bad} in --sizes; choose from {list(SIZES)}")
     if args.threads is not None:
