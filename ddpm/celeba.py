@@ -10,18 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .levels import to_model_range, to_uint8
+from .levels import to_model_range
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}  # the codes of CelebA's official list_eval_partition
 CELEBA_SIZE = (178, 218)  # width, height of the aligned images (img_align_celeba)
-# The centred 140x140 crop of NCSNv2 (Song & Ermon 2020, ermongroup/ncsnv2 datasets/__init__.py:
-# transforms.CenterCrop(140)): left 19, top 39 of the 178x218 image, i.e. the box (19, 39, 159, 179).
-CELEBA_CROP = (19, 39, 159, 179)
+# Crop boxes (left, top, right, bottom) of the 178x218 image, by name:
+# "ddim": DDIM's CelebA 64 (Song et al. 2021, ermongroup/ddim datasets/__init__.py), the 128x128 square
+#   centred at (x=89, y=121): rows 121 ± 64, columns 89 ± 64. The celeba64 preset is DDIM's network.
+# "ncsnv2": NCSNv2's centred 140x140 square (Song & Ermon 2020, ermongroup/ncsnv2 datasets/__init__.py:
+#   transforms.CenterCrop(140)): left 19, top 39.
+CELEBA_CROPS = {"ddim": (25, 57, 153, 185), "ncsnv2": (19, 39, 159, 179)}
+CELEBA_CROP = CELEBA_CROPS["ddim"]  # the default crop
 
 _GET_CELEBA = (
     "CelebA is not downloaded by this package. Get the aligned images and the partition file either with "
@@ -60,49 +64,109 @@ def _read_partition(path: Path, split: str) -> list[str]:
     return names
 
 
+def _jpeg_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole JPEG file (checked from its first 2 and last 32 bytes), or None.
+
+    A JPEG starts with the marker FF D8 and ends with FF D9; a download or unzip cut short loses the end.
+    Files of other types are only checked to exist. Decoding finds more (see ``preprocess_celeba``).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - 32, 0))
+            tail = f.read()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+    if size == 0:
+        return "empty"
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        return None
+    if head != b"\xff\xd8":
+        return "not a JPEG"
+    return None if b"\xff\xd9" in tail else "truncated: no JPEG end marker"
+
+
+def _unreadable(problems: list[tuple[Path, str]], total: int, split: str, partition: Path, then: str = ""):
+    """One ValueError for all unreadable images: how many, the first three with the reason, what to do."""
+    shown = ", ".join(f"{path} ({why})" for path, why in problems[:3])
+    more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return ValueError(f"{len(problems)} of {total} CelebA {split} images cannot be read: {shown}{more}. Replace "
+                      f"them with good copies (re-download img_align_celeba), or delete them and their lines "
+                      f"in {partition}{then}")
+
+
 class CelebA(Dataset):
     """CelebA's aligned faces (Liu et al. 2015) as float tensors [3, S, S] on the 256-level grid in [-1, 1].
 
-    Each 178x218 image is cropped to the centred 140x140 square ``CELEBA_CROP`` (the crop of NCSNv2,
-    Song & Ermon 2020), resized to ``image_size`` with Pillow's antialiased bilinear filter, kept as
-    uint8 levels (so the grid holds exactly) and scaled k ↦ k/127.5 − 1. Training images are flipped
-    left-right with probability 1/2 (``flip`` defaults to split == "train"). Splits come from the
-    official partition (train 162,770, valid 19,867, test 19,962 images). ``root`` holds torchvision's
-    layout (celeba/img_align_celeba, list_eval_partition.txt) or Kaggle's (img_align_celeba/img_align_celeba,
-    list_eval_partition.csv); it may also be the celeba/ folder itself.
+    Each 178x218 image is cropped to the box ``CELEBA_CROPS[crop]``: "ddim" (the default), the 128x128
+    square centred at (x=89, y=121) of DDIM (Song et al. 2021), whose CelebA network is the celeba64 preset,
+    or "ncsnv2", the centred 140x140 square of NCSNv2 (Song & Ermon 2020). It is then resized to
+    ``image_size`` with Pillow's antialiased bilinear filter, kept as uint8 levels (so the grid holds
+    exactly) and scaled k ↦ k/127.5 − 1. Training images are flipped left-right with probability 1/2
+    (``flip`` defaults to split == "train"). Splits come from the official partition (train 162,770, valid
+    19,867, test 19,962 images). ``root`` holds torchvision's layout (celeba/img_align_celeba,
+    list_eval_partition.txt) or Kaggle's (img_align_celeba/img_align_celeba, list_eval_partition.csv);
+    it may also be the celeba/ folder itself. ``verify`` checks every file of the split for JPEG's start
+    and end markers (a few bytes each), so that a missing or truncated image is an error here, with all
+    such paths, rather than when training reaches it; an image that still fails to decode raises a
+    one-line ValueError naming it.
     """
 
-    def __init__(self, root, split: str = "train", image_size: int = 64, flip: bool | None = None):
+    def __init__(self, root, split: str = "train", image_size: int = 64, flip: bool | None = None,
+                 crop: str = "ddim", verify: bool = True):
         if split not in SPLITS:
             raise ValueError(f"CelebA split must be one of {tuple(SPLITS)}, got {split!r}")
-        if not (isinstance(image_size, int) and 1 <= image_size <= 140):
-            raise ValueError(f"CelebA image_size must be an integer in 1..140 (the crop is 140x140), "
-                             f"got {image_size!r}")
+        if crop not in CELEBA_CROPS:
+            raise ValueError(f"CelebA crop must be 'ddim' (DDIM's 128x128 square centred at x=89, y=121) or "
+                             f"'ncsnv2' (NCSNv2's centred 140x140 square), got {crop!r}")
+        left, _, right, _ = box = CELEBA_CROPS[crop]
+        if not (isinstance(image_size, int) and 1 <= image_size <= right - left):
+            raise ValueError(f"CelebA image_size must be an integer in 1..{right - left} (crop {crop!r} is "
+                             f"{right - left}x{right - left}), got {image_size!r}")
         self.image_dir, self.partition_file = _find_celeba(Path(root).expanduser())
         self.files = [self.image_dir / name for name in _read_partition(self.partition_file, split)]
         if not self.files:
             raise ValueError(f"{self.partition_file} lists no images for split {split!r} (code {SPLITS[split]})")
         if not self.files[0].is_file():
             raise FileNotFoundError(f"{self.files[0]} is listed in {self.partition_file} but missing. " + _GET_CELEBA)
-        self.split, self.image_size = split, image_size
+        self.split, self.image_size, self.crop, self.box = split, image_size, crop, box
         self.flip = split == "train" if flip is None else flip
+        if verify:
+            problems = [(path, why) for path in self.files if (why := _jpeg_problem(path))]
+            if problems:
+                raise _unreadable(problems, len(self.files), split, self.partition_file)
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _load(self, i: int) -> Tensor | str:
+        """Image i as uint8 levels [3, S, S], cropped and resized, or the reason it cannot be read."""
+        try:
+            with Image.open(self.files[i]) as img:
+                img = img.convert("RGB")
+        except FileNotFoundError:
+            return "missing"
+        except UnidentifiedImageError:
+            return "not an image"
+        except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt
+            return "truncated or corrupt: " + " ".join(str(e).split())
+        if img.size != CELEBA_SIZE:
+            return (f"{img.size[0]}x{img.size[1]}, not {CELEBA_SIZE[0]}x{CELEBA_SIZE[1]} as the aligned "
+                    "images of img_align_celeba")
+        img = img.crop(self.box).resize((self.image_size,) * 2, Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+
     def levels(self, i: int) -> Tensor:
         """Image i, cropped and resized, as uint8 levels [3, S, S], never flipped."""
-        path = self.files[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:  # missing, truncated or corrupt files
-            raise RuntimeError(f"could not read CelebA image {path}: {e}") from e
-        if img.size != CELEBA_SIZE:
-            raise ValueError(f"{path} is {img.size[0]}x{img.size[1]}, but the aligned CelebA images "
-                             f"(img_align_celeba) are {CELEBA_SIZE[0]}x{CELEBA_SIZE[1]}")
-        img = img.crop(CELEBA_CROP).resize((self.image_size,) * 2, Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+        x = self._load(i)
+        if isinstance(x, str):
+            raise ValueError(f"cannot use CelebA image {self.files[i]} ({x}). Replace it with a good "
+                             f"copy (re-download img_align_celeba), or delete it and its line in "
+                             f"{self.partition_file}")
+        return x
 
     def __getitem__(self, i: int) -> Tensor:
         x = self.levels(i)
@@ -111,29 +175,58 @@ class CelebA(Dataset):
         return to_model_range(x)
 
 
-def preprocess_celeba(root, out_path, split: str = "train", image_size: int = 64,
+class _Decoded(Dataset):
+    """(levels, "") for each CelebA image, or (zeros, the reason) when it cannot be read: for the cache."""
+
+    def __init__(self, celeba: CelebA):
+        self.celeba = celeba
+
+    def __len__(self) -> int:
+        return len(self.celeba)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, str]:
+        x = self.celeba._load(i)
+        if isinstance(x, str):
+            return torch.zeros(3, self.celeba.image_size, self.celeba.image_size, dtype=torch.uint8), x
+        return x, ""
+
+
+def preprocess_celeba(root, out_path, split: str = "train", image_size: int = 64, crop: str = "ddim",
                       workers: int = min(8, os.cpu_count() or 1)) -> Path:
     """Crop and resize one CelebA split once, into a uint8 array [N, 3, S, S] saved as ``.npy``.
 
-    The train split at 64x64 is 162,770 × 3·64·64 = 2,000,117,760 bytes (2.0 GB, 1.86 GiB), plus a
-    128-byte header. The array is written to a temporary file next to ``out_path`` and moved into
-    place only when complete (``os.replace``), so a failure never leaves a partial file at ``out_path``.
-    Read it with ``ImageArray(out_path)``; images are not flipped here (ImageArray flips them).
+    ``out_path`` is a folder, where the file is named ``celeba{S}_{crop}_{split}.npy``, or a ``.npy`` path
+    whose name contains the crop's name, so that arrays of two crops are never mixed up. The train split
+    at 64x64 is 162,770 × 3·64·64 = 2,000,117,760 bytes (2.0 GB, 1.86 GiB), plus a 128-byte header. The
+    array is written to a temporary file next to the final path and moved into place only when complete
+    (``os.replace``), so a failure never leaves a partial file. Every image is decoded here: those that
+    cannot be read are collected and reported together in one ValueError, and nothing is written.
+    Read the array with ``ImageArray(path)``; images are not flipped here (ImageArray flips them).
     """
-    out_path = Path(out_path).expanduser()
+    celeba = CelebA(root, split, image_size, flip=False, crop=crop, verify=False)  # decoding checks more
+    out_path, name = Path(out_path).expanduser(), f"celeba{image_size}_{crop}_{split}.npy"
+    if out_path.suffix == "" or out_path.is_dir():
+        out_path = out_path / name
     if out_path.suffix != ".npy":
-        raise ValueError(f"out_path must end in .npy, got {out_path}")
-    celeba = CelebA(root, split, image_size, flip=False)
+        raise ValueError(f"out_path must be a folder or end in .npy, got {out_path}")
+    if crop not in out_path.stem:
+        raise ValueError(f"name the array after its crop, e.g. {out_path.with_name(name)} (or pass a folder), "
+                         f"so that arrays of two crops are never mixed up; got {out_path}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}.partial")
+    problems = []
     try:
         shape = (len(celeba), 3, image_size, image_size)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        loader = DataLoader(celeba, batch_size=256, num_workers=workers)
+        loader = DataLoader(_Decoded(celeba), batch_size=256, num_workers=workers)
         start = 0
-        for batch in tqdm(loader, desc=f"CelebA {split} -> {out_path.name}", unit="batch"):
-            array[start:start + len(batch)] = to_uint8(batch).numpy()  # exact: the levels round-trip
+        for batch, reasons in tqdm(loader, desc=f"CelebA {split} -> {out_path.name}", unit="batch"):
+            array[start:start + len(batch)] = batch.numpy()
+            problems += [(celeba.files[start + j], why) for j, why in enumerate(reasons) if why]
             start += len(batch)
+        if problems:
+            raise _unreadable(problems, len(celeba), split, celeba.partition_file,
+                              then=f"; then run preprocess_celeba again (nothing was written to {out_path})")
         array.flush()
         del array
         os.replace(tmp, out_path)

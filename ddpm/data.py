@@ -2,20 +2,22 @@
 
 Images are float tensors [C, H, W] on the 256-level grid k/127.5 − 1, k ∈ {0, …, 255}, as in Ho et al.
 (2020): the levels are 2/255 apart, which is what the discretized decoder L_0 assumes. Nothing here
-downloads anything.
+downloads anything, except torchvision's CIFAR-10 (ddpm/cifar10.py).
 """
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .celeba import _GET_CELEBA, CelebA, ImageArray
+from .celeba import _GET_CELEBA, CELEBA_CROPS, CelebA, ImageArray
+from .cifar10 import CIFAR10
 from .levels import to_model_range
 
 TOY_2D = ("moons", "swissroll", "gaussians8", "checkerboard")
@@ -128,24 +130,39 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
 
 # ----------------------------------------------------------------------------------------- one entry point
 
-def get_dataset(name: str, split: str = "train", data_dir=None, image_size: int | None = None) -> Dataset:
+def get_dataset(name: str, split: str = "train", data_dir=None, image_size: int | None = None,
+                crop: str | None = None) -> Dataset:
     """The training loop's data: a Dataset whose items are image tensors [C, S, S] in [-1, 1] (no labels).
 
     ``name`` is "digits" (8x8 unless ``image_size``), "celeba" (needs ``data_dir``; 64x64 unless
-    ``image_size``; flipped when split == "train") or a ``.npy`` path written by ``preprocess_celeba``
-    (flipped when split == "train"; ``image_size``, if given, must match the array).
+    ``image_size``; cropped with ``crop``, "ddim" unless given, see ``CelebA``; flipped when split ==
+    "train"), "cifar10" (``data_dir`` holds or receives torchvision's copy; 32x32; splits "train" and
+    "test"; flipped when split == "train") or a ``.npy`` path written by ``preprocess_celeba`` (flipped
+    when split == "train"; ``image_size``, if given, must match the array; ``crop``, if given, must not
+    contradict the crop named in the file name).
     """
     if name == "digits":
         return _Images(digits(split, image_size or 8))
+    if name in ("celeba", "cifar10") and data_dir is None:
+        holds = "CelebA. " + _GET_CELEBA if name == "celeba" else "CIFAR-10, or receives it (torchvision downloads it)"
+        raise ValueError(f"get_dataset({name!r}) needs data_dir, the folder that holds {holds}")
+    if crop is not None and crop not in CELEBA_CROPS:
+        raise ValueError(f"crop must be one of {tuple(CELEBA_CROPS)}, got {crop!r}")
     if name == "celeba":
-        if data_dir is None:
-            raise ValueError("get_dataset('celeba') needs data_dir, the folder that holds CelebA. " + _GET_CELEBA)
-        return CelebA(data_dir, split, image_size or 64)
+        return CelebA(data_dir, split, image_size or 64, crop=crop or "ddim")
+    if name == "cifar10":
+        if image_size not in (None, 32):
+            raise ValueError(f"CIFAR-10 images are 32x32, not {image_size}x{image_size}")
+        return CIFAR10(data_dir, split)
     if str(name).endswith(".npy"):
         dataset = ImageArray(name, flip=split == "train")
         if image_size is not None and dataset.shape[2:] != (image_size, image_size):
             raise ValueError(f"{name} holds {dataset.shape[2]}x{dataset.shape[3]} images, "
                              f"not {image_size}x{image_size}")
+        named = [other for other in CELEBA_CROPS if other in Path(name).stem]
+        if crop is not None and named and crop not in named:
+            raise ValueError(f"{name} is named after crop {named[0]!r}, but crop={crop!r} was asked: pass "
+                             f"crop={named[0]!r} (--crop {named[0]}) or an array built with crop {crop!r}")
         return dataset
-    raise ValueError(f"unknown data set {name!r}; choose 'digits', 'celeba' or the path of a .npy array "
-                     "written by ddpm.preprocess_celeba")
+    raise ValueError(f"unknown data set {name!r}; choose 'digits', 'celeba', 'cifar10' or the path of a .npy "
+                     "array written by ddpm.preprocess_celeba")

@@ -1,15 +1,23 @@
-"""Tests of ddpm/levels.py, data.py and celeba.py: the 256-level grid, digits, the 2-D toy sets, CelebA in both layouts, the .npy cache."""
+"""Tests of ddpm/levels.py, data.py, celeba.py and cifar10.py: the 256-level grid, digits, the 2-D toy sets,
+CelebA in both layouts, its crops and unreadable images, the .npy cache, CIFAR-10 on a local stand-in."""
 
+import hashlib
+import pickle
 import shutil
+import tarfile
+import urllib.error
+import urllib.request
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import ddpm
-from ddpm.celeba import CELEBA_CROP, CELEBA_SIZE, CelebA, ImageArray, fake_celeba, preprocess_celeba
+from ddpm.celeba import CELEBA_CROP, CELEBA_CROPS, CELEBA_SIZE, CelebA, ImageArray, fake_celeba, preprocess_celeba
+from ddpm.cifar10 import CIFAR10
 from ddpm.data import TOY_2D, _curve_moments, _moons, _swissroll, digits, get_dataset, toy_2d
 from ddpm.levels import to_model_range, to_uint8
 from ddpm.likelihood import check_on_grid
@@ -120,18 +128,37 @@ def test_toy_2d_shapes_and_determinism():
 
 # ----------------------------------------------------------------------------------------- CelebA
 
-def test_crop_is_the_centred_140_square():
-    """torchvision's CenterCrop(140), as NCSNv2 uses it, on 178x218 images: offsets round((size − 140)/2)."""
+def test_crop_boxes_are_ddims_and_ncsnv2s():
+    """DDIM: rows cy ± 64 and columns cx ± 64 around (cx, cy) = (89, 121), the default. NCSNv2: torchvision's
+    CenterCrop(140) on 178x218 images, offsets round((size − 140)/2)."""
+    cx, cy = 89, 121
+    assert CELEBA_CROPS["ddim"] == (cx - 64, cy - 64, cx + 64, cy + 64) == CELEBA_CROP
     top, left = round((218 - 140) / 2), round((178 - 140) / 2)
-    assert CELEBA_SIZE == (178, 218) and CELEBA_CROP == (left, top, left + 140, top + 140)
+    assert CELEBA_SIZE == (178, 218) and CELEBA_CROPS["ncsnv2"] == (left, top, left + 140, top + 140)
 
 
-def _pattern(shift: int = 0) -> np.ndarray:
+@pytest.mark.parametrize("crop", ["ddim", "ncsnv2"])
+def test_celeba_equals_the_original_pipelines(celeba_roots, crop):
+    """The same pixels as DDIM's transforms (F.crop at top cy − 64, left cx − 64, 128x128, then Resize(64))
+    and NCSNv2's (CenterCrop(140), Resize(64)), both built here from torchvision."""
+    from torchvision import transforms
+    from torchvision.transforms import functional as F
+    cx, cy = 89, 121
+    first = transforms.Lambda(lambda img: F.crop(img, cy - 64, cx - 64, 128, 128)) if crop == "ddim" else \
+        transforms.CenterCrop(140)
+    original = transforms.Compose([first, transforms.Resize(64), transforms.PILToTensor()])
+    data = CelebA(celeba_roots["torchvision"], "train", crop=crop)
+    for i in range(5):
+        with Image.open(data.files[i]) as img:
+            assert torch.equal(data.levels(i), original(img.convert("RGB")))
+
+
+def _pattern(box, shift: int = 0) -> np.ndarray:
     """A 178x218 image: red outside the crop box; inside, green top-left, blue top-right, white bottom half.
 
     ``shift`` > 0 moves the red border that many pixels into the box, to show the check can fail.
     """
-    left, top, right, bottom = CELEBA_CROP
+    left, top, right, bottom = box
     img = np.zeros((CELEBA_SIZE[1], CELEBA_SIZE[0], 3), np.uint8)
     img[...] = (255, 0, 0)
     mid_x, mid_y = (left + right) // 2, (top + bottom) // 2
@@ -142,8 +169,8 @@ def _pattern(shift: int = 0) -> np.ndarray:
     return img
 
 
-def _save_pattern(path, shift=0):
-    Image.fromarray(_pattern(shift)).save(path, quality=100, subsampling=0)
+def _save_pattern(path, box=CELEBA_CROP, shift=0):
+    Image.fromarray(_pattern(box, shift)).save(path, quality=100, subsampling=0)
 
 
 def _red_leak(levels: torch.Tensor) -> torch.Tensor:
@@ -188,16 +215,18 @@ def test_celeba_other_roots(celeba_roots, tmp_path):
     assert torch.equal(single[2], CelebA(celeba_roots["kaggle"], "test")[2])
 
 
-def test_celeba_crop_box_and_orientation(tmp_path):
+@pytest.mark.parametrize("crop", [None, "ncsnv2"])  # None: the default, DDIM's
+def test_celeba_crop_box_and_orientation(tmp_path, crop):
     root = fake_celeba(tmp_path, n=N_FAKE)
-    data = CelebA(root, "valid")
-    _save_pattern(data.files[0])
+    data = CelebA(root, "valid") if crop is None else CelebA(root, "valid", crop=crop)
+    box = CELEBA_CROPS[crop or "ddim"]
+    _save_pattern(data.files[0], box)
     x = data.levels(0)
     leak = _red_leak(x)
     assert leak.max() <= 12, leak.max()  # no red from outside the box, on any edge (JPEG ringing is smaller)
     for (row, col), colour in [((16, 16), (0, 255, 0)), ((16, 48), (0, 0, 255)), ((48, 32), (255, 255, 255))]:
         assert (x[:, row, col].int() - torch.tensor(colour)).abs().max() <= 12, (row, col, x[:, row, col])
-    _save_pattern(data.files[1], shift=1)  # a crop one pixel off would show the border
+    _save_pattern(data.files[1], box, shift=1)  # a crop one pixel off would show the border
     shifted = _red_leak(data.levels(1))
     assert shifted[0].min() > 40 and shifted[:, 0].min() > 40 and shifted[-1, 1:].max() <= 12
 
@@ -226,8 +255,10 @@ def test_celeba_missing_files_say_where_and_how(tmp_path):
     root = fake_celeba(tmp_path / "fake", n=N_FAKE)
     data = CelebA(root, "test")
     data.files[1].unlink()
-    with pytest.raises(RuntimeError, match=data.files[1].name):
+    with pytest.raises(ValueError, match=f"{data.files[1]} \\(missing\\)"):
         data[1]
+    with pytest.raises(ValueError, match=f"1 of 3 CelebA test images cannot be read: {data.files[1]} \\(missing\\)"):
+        CelebA(root, "test")
     data.files[0].unlink()
     with pytest.raises(FileNotFoundError, match=data.files[0].name):
         CelebA(root, "test")
@@ -240,19 +271,78 @@ def test_celeba_corrupt_or_wrong_images_name_the_path(tmp_path):
     good = data.files[5].read_bytes()
     data.files[5].write_bytes(good[: len(good) // 2])  # truncated
     Image.new("RGB", (250, 250)).save(data.files[7])  # an in-the-wild image, not an aligned one
-    for i, error in [(2, RuntimeError), (5, RuntimeError), (7, ValueError)]:
-        with pytest.raises(error, match=str(data.files[i])):
+    for i, why in [(2, "not an image"), (5, "truncated or corrupt: image file is truncated"),
+                   (7, "250x250, not 178x218")]:
+        with pytest.raises(ValueError, match=f"{data.files[i]} \\({why}") as e:
             data[i]
+        assert "\n" not in str(e.value) and "re-download img_align_celeba" in str(e.value)
+        assert f"its line in {data.partition_file}" in str(e.value)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, [2]), num_workers=1)
-    with pytest.raises(RuntimeError, match=str(data.files[2])):  # the path survives a worker process
+    with pytest.raises(ValueError, match=str(data.files[2])):  # the path survives a worker process
         next(iter(loader))
+
+
+def _damage(files) -> list:
+    """Five unreadable images among the given files: two text files named .jpg, two JPEGs cut short, and a
+    JPEG whose headers are zeroed but whose start and end markers are intact (only decoding finds it)."""
+    good = files[0].read_bytes()
+    files[2].write_text("not a jpeg at all")
+    files[5].write_bytes(good[: len(good) // 2])
+    files[9].write_bytes(good[:2] + bytes(len(good) - 4) + good[-2:])
+    files[11].write_bytes(good[:-1])
+    files[13].write_text("")
+    return [files[i] for i in (2, 5, 9, 11, 13)]
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "kaggle"])
+def test_unreadable_images_are_found_before_training(tmp_path, layout):
+    """The cheap check when CelebA is built: all missing, empty, non-JPEG or truncated files of the split."""
+    root = fake_celeba(tmp_path, n=N_FAKE, layout=layout, seed=SEED)
+    text, half, zeroed, short, empty = _damage(CelebA(root, "train").files)
+    with pytest.raises(ValueError) as e:
+        CelebA(root, "train")
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("4 of 24 CelebA train images cannot be read: ")
+    assert (f"{text} (not a JPEG), {half} (truncated: no JPEG end marker), {short} (truncated: no JPEG end "
+            f"marker) and 1 more. Replace them with good copies (re-download img_align_celeba), or delete "
+            f"them and their lines in ") in message
+    assert str(zeroed) not in message and str(empty) not in message  # the fourth problem is the empty file
+    assert len(CelebA(root, "valid")) == 3  # the other splits are untouched
+    data = CelebA(root, "train", verify=False)  # at the latest, the image itself is a one-line error
+    for path in (text, half, zeroed, short, empty):
+        with pytest.raises(ValueError, match=f"cannot use CelebA image {path} ") as e:
+            data[data.files.index(path)]
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("layout, workers", [("torchvision", 0), ("kaggle", 2)])
+def test_cache_build_reports_every_unreadable_image_at_once(tmp_path, layout, workers):
+    """Building the uint8 cache decodes every image once: it lists them all, then writes nothing."""
+    root = fake_celeba(tmp_path / "data", n=N_FAKE, layout=layout, seed=SEED)
+    text, half, zeroed, short, empty = _damage(CelebA(root, "train").files)
+    out = tmp_path / "cache"
+    with pytest.raises(ValueError) as e:
+        preprocess_celeba(root, out, "train", workers=workers)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(
+        f"5 of 24 CelebA train images cannot be read: {text} (not an image), {half} (truncated or corrupt: "
+        f"image file is truncated")
+    assert f"{zeroed} (not an image) and 2 more. Replace them with good copies (re-download " in message
+    assert message.endswith(f"; then run preprocess_celeba again (nothing was written to "
+                            f"{out / 'celeba64_ddim_train.npy'})")
+    assert list(out.iterdir()) == []
 
 
 def test_celeba_bad_arguments(celeba_roots, tmp_path):
     with pytest.raises(ValueError, match="split"):
         CelebA(celeba_roots["torchvision"], "validation")
-    with pytest.raises(ValueError, match="image_size"):
-        CelebA(celeba_roots["torchvision"], image_size=256)
+    with pytest.raises(ValueError, match="image_size must be an integer in 1..128 \\(crop 'ddim' is 128x128\\)"):
+        CelebA(celeba_roots["torchvision"], image_size=129)
+    assert CelebA(celeba_roots["torchvision"], "test", 140, crop="ncsnv2")[0].shape == (3, 140, 140)
+    with pytest.raises(ValueError, match="1..140"):
+        CelebA(celeba_roots["torchvision"], image_size=141, crop="ncsnv2")
+    with pytest.raises(ValueError, match="crop must be 'ddim' .* or 'ncsnv2' .*, got 'centre'"):
+        CelebA(celeba_roots["torchvision"], crop="centre")
     root = fake_celeba(tmp_path, n=N_FAKE)
     (root / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 7\n")
     with pytest.raises(ValueError, match="line 1"):
@@ -263,7 +353,8 @@ def test_celeba_bad_arguments(celeba_roots, tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_preprocess_round_trip_equals_on_the_fly(celeba_roots, tmp_path, workers):
-    out = preprocess_celeba(celeba_roots["kaggle"], tmp_path / "sub" / "train.npy", "train", workers=workers)
+    out = preprocess_celeba(celeba_roots["kaggle"], tmp_path / "sub", "train", workers=workers)
+    assert out == tmp_path / "sub" / "celeba64_ddim_train.npy"
     array = np.load(out, mmap_mode="r")
     assert array.shape == (24, 3, 64, 64) and array.dtype == np.uint8
     cached, direct = ImageArray(out), CelebA(celeba_roots["kaggle"], "train", flip=False)
@@ -273,7 +364,7 @@ def test_preprocess_round_trip_equals_on_the_fly(celeba_roots, tmp_path, workers
 
 
 def test_image_array_flips_and_get_dataset(celeba_roots, tmp_path):
-    out = preprocess_celeba(celeba_roots["torchvision"], tmp_path / "valid.npy", "valid", workers=0)
+    out = preprocess_celeba(celeba_roots["torchvision"], tmp_path / "valid_ddim.npy", "valid", workers=0)
     plain = ImageArray(out)[1]
     torch.manual_seed(SEED)
     flipping = get_dataset(str(out), "train")
@@ -289,18 +380,37 @@ def test_image_array_flips_and_get_dataset(celeba_roots, tmp_path):
         ImageArray(tmp_path / "absent.npy")
 
 
+def test_cache_name_carries_the_crop(celeba_roots, tmp_path):
+    """A folder gets celeba{S}_{crop}_{split}.npy; a file name must name its crop; arrays of two crops differ,
+    and each equals its crop read on the fly."""
+    root = celeba_roots["torchvision"]
+    ddim = preprocess_celeba(root, tmp_path, "valid", workers=0)
+    ncsn = preprocess_celeba(root, tmp_path, "valid", 32, crop="ncsnv2", workers=0)
+    assert (ddim.name, ncsn.name) == ("celeba64_ddim_valid.npy", "celeba32_ncsnv2_valid.npy")
+    for path, crop, size in [(ddim, "ddim", 64), (ncsn, "ncsnv2", 32)]:
+        direct = CelebA(root, "valid", size, crop=crop)
+        assert all(torch.equal(ImageArray(path)[i], direct[i]) for i in range(3))
+    other = CelebA(root, "valid", 64, crop="ncsnv2")
+    assert not any(torch.equal(ImageArray(ddim)[i], other[i]) for i in range(3))
+    with pytest.raises(ValueError, match=f"e.g. {tmp_path / 'celeba64_ddim_valid.npy'} \\(or pass a folder\\)"):
+        preprocess_celeba(root, tmp_path / "valid.npy", "valid", workers=0)
+    with pytest.raises(ValueError, match="named after crop 'ncsnv2', but crop='ddim' was asked: pass crop='ncsnv2'"):
+        get_dataset(str(ncsn), "valid", crop="ddim")
+    assert len(get_dataset(str(ncsn), "valid", crop="ncsnv2")) == len(get_dataset(str(ncsn), "valid")) == 3
+
+
 def test_preprocess_failure_leaves_no_partial_file(celeba_roots, tmp_path, monkeypatch):
-    out = tmp_path / "train.npy"
+    out = tmp_path / "train_ddim.npy"
     out.write_bytes(b"an older, complete file")
-    original = CelebA.levels
+    original = CelebA._load
 
     def failing(self, i):
         if i == 17:
-            assert len(list(tmp_path.glob("train.npy.*.partial"))) == 1  # the array is being written beside
+            assert len(list(tmp_path.glob("train_ddim.npy.*.partial"))) == 1  # the array is being written beside
             raise RuntimeError("disk on fire")
         return original(self, i)
 
-    monkeypatch.setattr(CelebA, "levels", failing)
+    monkeypatch.setattr(CelebA, "_load", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         preprocess_celeba(celeba_roots["torchvision"], out, workers=0)
     assert out.read_bytes() == b"an older, complete file"
@@ -323,11 +433,105 @@ def test_get_dataset_digits_yields_tensors():
 
 
 def test_get_dataset_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown data set 'cifar10'.*digits.*celeba"):
-        get_dataset("cifar10")
-    with pytest.raises(ValueError, match="data_dir"):
-        get_dataset("celeba")
+    with pytest.raises(ValueError, match="unknown data set 'cifar100'.*digits.*celeba.*cifar10"):
+        get_dataset("cifar100")
+    for name in ("celeba", "cifar10"):
+        with pytest.raises(ValueError, match=f"get_dataset\\('{name}'\\) needs data_dir"):
+            get_dataset(name)
     with pytest.raises(FileNotFoundError, match="list_eval_partition"):
         get_dataset("celeba", data_dir=tmp_path)
     with pytest.raises(ValueError, match="split"):
         get_dataset("digits", "valid")
+    with pytest.raises(ValueError, match="CIFAR-10 split must be one of \\('train', 'test'\\), got 'valid'"):
+        get_dataset("cifar10", "valid", tmp_path)
+    with pytest.raises(ValueError, match="32x32, not 64x64"):
+        get_dataset("cifar10", "test", tmp_path, image_size=64)
+    with pytest.raises(ValueError, match="crop must be one of \\('ddim', 'ncsnv2'\\), got 'center'"):
+        get_dataset(str(tmp_path / "celeba64_ddim_train.npy"), crop="center")
+
+
+# ----------------------------------------------------------------------------------------- CIFAR-10
+
+def _cifar10_stand_in(root, rng) -> dict:
+    """torchvision's CIFAR-10 layout with generated content: root/cifar-10-batches-py/ holds data_batch_1..5
+    (4 images each) and test_batch (3), pickled dicts whose "data" is uint8 [N, 3072] (the red, green, then
+    blue 32x32 planes, rows top to bottom) with "labels", and batches.meta with "label_names"."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name, n in [(f"data_batch_{k}", 4) for k in range(1, 6)] + [("test_batch", 3)]:
+        batches[name] = {"batch_label": name, "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "labels": rng.integers(0, 10, n).tolist(), "filenames": [f"{i}.png" for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batches[name], protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class {i}" for i in range(10)],
+                                                        "num_cases_per_batch": 4, "num_vis": 3072}, protocol=2))
+    return batches
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network, as on this machine: every URL fails to resolve, so nothing can download in a test."""
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+@pytest.fixture
+def stand_in_md5s(monkeypatch):
+    """Point torchvision's table of CIFAR-10 MD5 sums (class attributes) at the stand-in's files, for this test
+    only: the real sums cannot match generated files, and the check itself stays on."""
+    tv = torchvision.datasets.CIFAR10
+
+    def patch(folder):
+        md5 = lambda path: hashlib.md5(path.read_bytes()).hexdigest()
+        monkeypatch.setattr(tv, "train_list", [[name, md5(folder / name)] for name, _ in tv.train_list])
+        monkeypatch.setattr(tv, "test_list", [[name, md5(folder / name)] for name, _ in tv.test_list])
+        monkeypatch.setattr(tv, "meta", {**tv.meta, "md5": md5(folder / tv.meta["filename"])})
+    return patch
+
+
+def test_cifar10_reads_torchvisions_layout(tmp_path, gen, offline, stand_in_md5s):
+    batches = _cifar10_stand_in(tmp_path, np.random.default_rng(torch.randint(2**31, (), generator=gen).item()))
+    stand_in_md5s(tmp_path / "cifar-10-batches-py")
+    for split, names in [("train", [f"data_batch_{k}" for k in range(1, 6)]), ("test", ["test_batch"])]:
+        levels = torch.from_numpy(np.concatenate([batches[n]["data"] for n in names])).view(-1, 3, 32, 32)
+        data = get_dataset("cifar10", split, tmp_path)
+        assert isinstance(data, CIFAR10) and len(data) == len(levels) and data.flip == (split == "train")
+        assert data.labels.tolist() == sum((batches[n]["labels"] for n in names), [])
+        plain = CIFAR10(tmp_path, split, flip=False)
+        x = torch.stack([plain[i] for i in range(len(plain))])
+        assert x.dtype == torch.float32 and torch.equal(x, to_model_range(levels))
+        check_on_grid(x)
+    train = get_dataset("cifar10", "train", tmp_path, image_size=32)
+    torch.manual_seed(SEED)
+    draws = [train[3] for _ in range(40)]  # all alike with probability 2^-39
+    plain = CIFAR10(tmp_path, "train", flip=False)[3]
+    assert any(torch.equal(d, plain) for d in draws) and any(torch.equal(d, plain.flip(-1)) for d in draws)
+
+
+def test_cifar10_offline_says_what_to_do(tmp_path, gen, offline, stand_in_md5s, monkeypatch):
+    with pytest.raises(FileNotFoundError) as e:
+        get_dataset("cifar10", "test", tmp_path)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"CIFAR-10 is not in {tmp_path} and could not be "
+                                                      "downloaded (<urlopen error [Errno -2] Name or service")
+    for expected in ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", f"put it in {tmp_path}",
+                     f"{tmp_path / 'cifar-10-batches-py'}/ holds data_batch_1 ... data_batch_5, test_batch and "
+                     "batches.meta", "--data-dir"]:
+        assert expected in message, expected
+    # as the message says, the archive put in data_dir is unpacked and read without network
+    staging = tmp_path / "elsewhere"
+    _cifar10_stand_in(staging, np.random.default_rng(torch.randint(2**31, (), generator=gen).item()))
+    stand_in_md5s(staging / "cifar-10-batches-py")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    shutil.rmtree(staging)
+    with monkeypatch.context() as m:
+        m.setattr(torchvision.datasets.CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+        assert len(get_dataset("cifar10", "test", tmp_path)) == 3
+    # an altered file fails torchvision's MD5 check, and the message says so
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"altered")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'cifar-10-batches-py'} fails torchvision's MD5 "
+                                                "check \\(incomplete or altered\\) and could not be downloaded"):
+        get_dataset("cifar10", "train", tmp_path)
