@@ -8,14 +8,15 @@ from .checkpoint import load_model
 from .classifier import (DigitsClassifier, FrechetScale, digit_features, digits_frechet_distance,
                          frechet_reference_scale, train_digits_classifier)
 from .data import TOY_2D, digits, get_dataset, toy_2d
-from .evaluate import (BitsPerDim, Estimate, RateDistortion, bits_per_dim, fid, frechet_distance,
-                       frechet_distance_gaussian, noise_prediction_metrics, rate_distortion)
+from .evaluate import (BitsPerDim, Estimate, PairedBitsPerDim, RateDistortion, bits_per_dim, fid, frechet_distance,
+                       frechet_distance_gaussian, noise_prediction_metrics, paired_bits_per_dim, rate_distortion)
 from .forward import naive_chain, q_chain, q_sample, q_step
 from .levels import to_model_range, to_uint8
 from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
                          bound_term_bpd, prior_bpd, vlb)
 from .losses import eps_mse_weight, l_simple, l_vlb, variance_mismatch, weighted_eps_mse
 from .oracles import GaussianData, GaussianMixture, MemorizingOracle
+from .parameterization import PARAMETERIZATIONS, as_eps_model
 from .posterior import predict_eps_from_x0, predict_x0_from_eps, q_posterior
 from .pretrained import save_pretrained
 from .reverse import ReverseStep, p_mean_variance, p_sample
@@ -39,5 +40,6 @@ __all__ = [
     "BitsPerDim", "Estimate", "RateDistortion", "bits_per_dim", "fid", "frechet_distance", "frechet_distance_gaussian",
     "noise_prediction_metrics", "rate_distortion", "DigitsClassifier", "FrechetScale", "digit_features",
     "digits_frechet_distance", "frechet_reference_scale", "train_digits_classifier",
+    "PairedBitsPerDim", "paired_bits_per_dim", "PARAMETERIZATIONS", "as_eps_model",
     "save_pretrained",
 ]

@@ -75,6 +75,24 @@ def _batches(data, batch_size: int, device=None):
             yield chunk if device is None else chunk.to(device)
 
 
+def _num_images(data):
+    """How many images ``data`` holds, when it says: a tensor, or a DataLoader over a sized data set."""
+    if isinstance(data, Tensor):
+        return data.shape[0]
+    try:
+        return len(data.dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
+def _progress_batches(data, batch_size: int, device, desc: str, progress: bool):
+    """:func:`_batches`, counted by a progress bar in images out of their total."""
+    with tqdm(total=_num_images(data), desc=desc, unit="image", disable=not progress, leave=False) as bar:
+        for chunk in _batches(data, batch_size, device):
+            yield chunk
+            bar.update(len(chunk))
+
+
 def _per_t(s: NoiseSchedule, eps_model: EpsModel, x0: Tensor, ts: Tensor, batch_size: int, generator,
            stat) -> Tensor:
     """``stat(x_0, x_t, t, ε, ε̂)`` for a fresh x_t ~ q(x_t | x_0) (Eq. 4) at each t in ``ts`` and each image.
@@ -109,6 +127,15 @@ class BitsPerDim:
                 f"(L_T {self.prior}, sum of L_(t-1) {self.diffusion}, L_0 {self.decoder})")
 
 
+def _bound_parts(b) -> Tensor:
+    """[B, 4]: each image's total, L_T, Σ_(t≥2) L_(t-1) and L_0 from a :class:`ddpm.VLB`, on the CPU."""
+    return torch.stack([b.total_bpd, b.prior_bpd, b.terms_bpd[:, 1:].sum(1), b.terms_bpd[:, 0]], 1).cpu()
+
+
+def _summary(parts: Tensor) -> BitsPerDim:
+    return BitsPerDim(*(_estimate(parts[:, i]) for i in range(4)), num_images=len(parts))
+
+
 def bits_per_dim(s: NoiseSchedule, eps_model: EpsModel, data, variance: str = "fixedlarge", batch_size: int = 256,
                  generator=None, progress: bool = False, device=None, clip_denoised: bool = True) -> BitsPerDim:
     """The negative log-likelihood bound of Eq. 5 on ``data`` (images on the 256-level grid), by :func:`ddpm.vlb`.
@@ -118,14 +145,63 @@ def bits_per_dim(s: NoiseSchedule, eps_model: EpsModel, data, variance: str = "f
     """
     parts = []
     with _inference(eps_model):
-        for x0 in tqdm(_batches(data, batch_size, device), desc="bits/dim", disable=not progress, leave=False):
-            b = vlb(s, eps_model, x0, variance, clip_denoised, batch_size=batch_size, generator=generator)
-            per_image = [b.total_bpd, b.prior_bpd, b.terms_bpd[:, 1:].sum(1), b.terms_bpd[:, 0]]
-            parts.append(torch.stack(per_image, 1).cpu())
+        for x0 in _progress_batches(data, batch_size, device, "bits/dim", progress):
+            parts.append(_bound_parts(vlb(s, eps_model, x0, variance, clip_denoised, batch_size=batch_size,
+                                          generator=generator)))
     if not parts:
         raise ValueError("bits_per_dim got no images")
-    p = torch.cat(parts)
-    return BitsPerDim(*(_estimate(p[:, i]) for i in range(4)), num_images=len(p))
+    return _summary(torch.cat(parts))
+
+
+_PARTS = ("total", "prior", "diffusion", "decoder")
+
+
+@dataclass(frozen=True)
+class PairedBitsPerDim:
+    """Bits/dim of several models scored on the same images with the same x_t draws (common random numbers)."""
+
+    models: dict[str, BitsPerDim]  # each model's own estimate, as :func:`bits_per_dim` gives it
+    per_image: Tensor              # [N, M, 4]: each image's total, L_T, Σ L_(t-1), L_0 under each model
+
+    def difference(self, a: str, b: str, part: str = "total") -> Estimate:
+        """The mean over images of model a's bound minus model b's, with the standard error of the paired
+        differences: far smaller than the two separate errors combined when the models agree on which
+        images are costly."""
+        names = list(self.models)
+        for name in (a, b):
+            if name not in names:
+                raise ValueError(f"no model named {name!r}; the models are {names}")
+        if part not in _PARTS:
+            raise ValueError(f"part must be one of {_PARTS}, got {part!r}")
+        k = _PARTS.index(part)
+        return _estimate(self.per_image[:, names.index(a), k] - self.per_image[:, names.index(b), k])
+
+
+def paired_bits_per_dim(s: NoiseSchedule, eps_models, data, variance: str = "fixedlarge", batch_size: int = 256,
+                        seed: int = 0, progress: bool = False, device=None,
+                        clip_denoised: bool = True) -> PairedBitsPerDim:
+    """:func:`bits_per_dim` of each model of the mapping ``eps_models`` (name → ε-model), every model
+    scored on the same images with the same t and noise (the x_t of each term drawn from ``seed``), so
+    that differences between models are measured without the noise of separate draws.
+    """
+    names = list(eps_models)
+    if not names:
+        raise ValueError("paired_bits_per_dim needs at least one model in eps_models")
+    parts, gen = [], None
+    for x0 in _progress_batches(data, batch_size, device, "bits/dim", progress):
+        if gen is None:
+            gen = torch.Generator(x0.device).manual_seed(seed)
+        state, row = gen.get_state(), []
+        for name in names:
+            gen.set_state(state)  # the same draws for every model
+            with _inference(eps_models[name]):
+                row.append(_bound_parts(vlb(s, eps_models[name], x0, variance, clip_denoised,
+                                            batch_size=batch_size, generator=gen)))
+        parts.append(torch.stack(row, 1))
+    if not parts:
+        raise ValueError("paired_bits_per_dim got no images")
+    per_image = torch.cat(parts)
+    return PairedBitsPerDim({name: _summary(per_image[:, i]) for i, name in enumerate(names)}, per_image)
 
 
 # ----------------------------------------------------------------------------------------- rate-distortion
@@ -161,7 +237,7 @@ def rate_distortion(s: NoiseSchedule, eps_model: EpsModel, x0, variance: str = "
 
     rates, distortions = [], []
     with _inference(eps_model):
-        for x in tqdm(_batches(x0, batch_size, device), desc="rate-distortion", disable=not progress, leave=False):
+        for x in _progress_batches(x0, batch_size, device, "rate-distortion", progress):
             b = vlb(s, eps_model, x, variance, clip_denoised, batch_size=batch_size, generator=generator)
             after = b.terms_bpd.flip(1).cumsum(1).flip(1)  # column k: Σ_(j ≥ k) L_j
             received = b.prior_bpd[:, None] + torch.cat([after[:, 1:], after.new_zeros(len(x), 1)], 1)
@@ -197,7 +273,7 @@ def noise_prediction_metrics(s: NoiseSchedule, eps_model: EpsModel, x0, timestep
 
     parts, dims = [], 1
     with _inference(eps_model):
-        for x in tqdm(_batches(x0, batch_size, device), desc="noise metrics", disable=not progress, leave=False):
+        for x in _progress_batches(x0, batch_size, device, "noise metrics", progress):
             dims = x[0].numel()
             parts.append(_per_t(s, eps_model, x, ts, batch_size, generator, sums))
     if not parts:
@@ -302,7 +378,7 @@ def fid(samples, reference, device=None, batch_size: int = 64, weights_path=None
     metric = metric.to(device)
     with torch.no_grad():
         for real, images in ((True, reference), (False, samples)):
-            for x in tqdm(_batches(images, batch_size), desc="FID", disable=not progress, leave=False):
+            for x in _progress_batches(images, batch_size, None, "FID", progress):
                 if x.dim() != 4 or x.shape[1] != 3:
                     raise ValueError(f"FID takes RGB images [N, 3, H, W], got a batch of shape {tuple(x.shape)}; "
                                      "for digits use ddpm.classifier.digits_frechet_distance")

@@ -89,6 +89,75 @@ def test_bits_per_dim_rejects_bad_data():
         bits_per_dim(s, zero_model, torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
 
 
+def test_paired_bits_per_dim_scores_every_model_on_the_same_draws(seed):
+    """Each model's part equals bits_per_dim with the same seed, and the paired difference is the mean and
+    standard error of the per-image differences of two vlb calls on identical draws."""
+    s = NoiseSchedule.linear(T=40, beta_1=1e-3, beta_T=0.3)
+    x0 = grid_images(torch.Generator().manual_seed(seed), (7, 1, 4, 4))
+    models = {"a": lambda x, t: 0.1 * x, "b": lambda x, t: 0.3 * x.tanh(), "a again": lambda x, t: 0.1 * x}
+    paired = ddpm.paired_bits_per_dim(s, models, x0, batch_size=3, seed=seed)
+    bounds = {name: torch.cat([ddpm.vlb(s, m, x0[i:i + 3], batch_size=3, generator=g).total_bpd
+                               for g in [torch.Generator().manual_seed(seed)] for i in range(0, 7, 3)])
+              for name, m in models.items()}
+    for name in models:
+        alone = bits_per_dim(s, models[name], x0, batch_size=3, generator=torch.Generator().manual_seed(seed))
+        assert paired.models[name].total.mean == pytest.approx(alone.total.mean, rel=1e-12)
+    diff = bounds["a"] - bounds["b"]
+    d = paired.difference("a", "b")
+    assert d.mean == pytest.approx(diff.mean().item(), rel=1e-9)
+    assert d.se == pytest.approx(diff.std().item() / math.sqrt(7), rel=1e-9)
+    same = paired.difference("a", "a again")  # identical models on identical draws: exactly no difference
+    assert same.mean == 0 and same.se == 0
+    assert paired.difference("a", "b", "decoder").mean == pytest.approx(
+        (paired.per_image[:, 0, 3] - paired.per_image[:, 1, 3]).mean().item())
+    with pytest.raises(ValueError, match="no model named 'c'"):
+        paired.difference("a", "c")
+
+
+class _Bar:
+    """Records what a progress bar was told: its total and how far it got."""
+
+    made = []
+
+    def __init__(self, iterable=None, total=None, **kwargs):
+        self.iterable, self.total, self.n = iterable, total, 0
+        _Bar.made.append(self)
+
+    def __iter__(self):
+        for x in self.iterable:
+            self.n += 1
+            yield x
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, k=1):
+        self.n += k
+
+    def close(self):
+        pass
+
+
+def test_progress_bars_know_their_total(monkeypatch):
+    """Issue 8 item 11: the bars of bits_per_dim, rate_distortion and noise_prediction_metrics had no total."""
+    import ddpm.evaluate as evaluate
+    monkeypatch.setattr(evaluate, "tqdm", _Bar)
+    s = NoiseSchedule.linear(T=5, beta_1=1e-3, beta_T=0.3)
+    x0 = grid_images(torch.Generator().manual_seed(0), (5, 1, 2, 2))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x0), batch_size=2)
+    for run in (lambda: bits_per_dim(s, zero_model, x0, batch_size=2, progress=True),
+                lambda: bits_per_dim(s, zero_model, loader, batch_size=2, progress=True),
+                lambda: ddpm.paired_bits_per_dim(s, {"zero": zero_model}, x0, batch_size=2, progress=True),
+                lambda: ddpm.rate_distortion(s, zero_model, x0, batch_size=2, progress=True),
+                lambda: ddpm.noise_prediction_metrics(s, zero_model, x0, batch_size=2, progress=True)):
+        _Bar.made.clear()
+        run()
+        assert [(bar.total, bar.n) for bar in _Bar.made] == [(5, 5)]
+
+
 # ----------------------------------------------------------------------------------------- rate-distortion
 
 def test_rate_distortion_of_the_memorizing_oracle(gen):

@@ -87,7 +87,43 @@ def test_l_vlb_sums_to_the_bound_of_the_memorizing_oracle(gen):
     for variance in ("fixedlarge", "fixedsmall"):
         loss = ddpm.l_vlb(s, oracle, x0, t, torch.randn(x0.shape, generator=gen, dtype=x0.dtype), variance)
         prior, terms = oracle.vlb_bpd(variance)
-        assert loss.item() == pytest.approx(terms.sum().item(), rel=1e-9)
+        assert s.T * loss.item() == pytest.approx(terms.sum().item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall"])
+def test_l_vlb_is_one_term_in_bits_per_dim_without_a_factor_T(variance, gen):
+    """The original's "kl" loss: L_(t-1) per dimension in bits, averaged over the batch, not T times it.
+
+    Computed independently through Eq. 12: (weighted ε-MSE + D·C_t) / (D ln 2), for t ≥ 2 and any ε-model.
+    """
+    s = NoiseSchedule.linear(T=100, beta_1=1e-3, beta_T=0.2)
+    D = 16
+    W = torch.randn(D, D, generator=gen, dtype=torch.float64) * 0.3
+    model = lambda x, t: x.flatten(1) @ W + 0.01 * t[:, None].to(x)
+    x0 = torch.randint(0, 256, (32, D), generator=gen).double() / 127.5 - 1
+    noise = torch.randn(32, D, generator=gen, dtype=torch.float64)
+    t = torch.randint(2, s.T + 1, (32,), generator=gen)
+    nats = ddpm.weighted_eps_mse(s, model, x0, t, noise, variance) + D * ddpm.variance_mismatch(s, t, variance)
+    expected = (nats / (D * math.log(2))).mean()
+    assert ddpm.l_vlb(s, model, x0, t, noise, variance).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("loss", [ddpm.l_simple, ddpm.l_vlb])
+def test_t_and_noise_are_drawn_on_the_data_device(loss, monkeypatch):
+    """Drawn where x_0 lives, not on the CPU and copied (a blocking transfer on every call on a GPU)."""
+    devices = []
+    for name in ("randint", "randn"):
+        real = getattr(torch, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            devices.append((_name, kwargs.get("device")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(torch, name, spy)
+    s = NoiseSchedule.linear(T=10)
+    x0 = torch.zeros(4, 3)
+    loss(s, lambda x, t: torch.zeros_like(x), x0)
+    assert devices == [("randint", x0.device), ("randn", x0.device)]
 
 
 def test_l_vlb_has_finite_gradients_at_t_1():
