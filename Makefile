@@ -25,9 +25,10 @@ book: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . -W -n --keep-going
 
 # Two pytest workers on two cores, one thread each (notebook kernels included): oversubscribed torch
-# threads made small-tensor loops up to 12 times slower.
+# threads made small-tensor loops up to 12 times slower. Each chapter runs once, under nbval, in the
+# Colab-like test of tests/test_book.py; worksteal keeps both workers busy to the end.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile tests --nbval-lax book
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist worksteal tests
 
 clean:
 	rm -rf _build

@@ -1,8 +1,8 @@
 """The book as a product: every chapter follows the book's conventions and runs alone in a fresh environment.
 
 The Colab-like test (marked ``colab``; select it with ``pytest -m colab``, skip it with ``-m "not colab"``)
-copies one chapter into an empty folder and executes it in a new virtual environment that sees every
-installed package except ``ddpm``, so the chapter's first cell has to install ``ddpm`` itself, as it
+copies one chapter into an empty folder and runs it under nbval in a new virtual environment that sees
+every installed package except ``ddpm``, so the chapter's first cell has to install ``ddpm`` itself, as it
 would in a fresh Colab runtime. Nothing is downloaded: the install comes from a copy of this checkout.
 """
 
@@ -188,8 +188,6 @@ def run_python(python: Path, code: str, cwd: Path) -> subprocess.CompletedProces
 @pytest.mark.colab
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
 def test_chapter_runs_alone_in_a_fresh_environment_that_lacks_ddpm(chapter, tmp_path, monkeypatch):
-    from nbclient import NotebookClient
-
     work = tmp_path / "runtime"
     work.mkdir()
     shutil.copy(chapter, work / chapter.name)
@@ -217,8 +215,12 @@ def test_chapter_runs_alone_in_a_fresh_environment_that_lacks_ddpm(chapter, tmp_
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.delenv("PYTHONPATH", raising=False)
 
-    nb = read(work / chapter.name)
-    NotebookClient(nb, kernel_name="fresh-venv", timeout=600, resources={"metadata": {"path": str(work)}}).execute()
+    # nbval runs the chapter in that kernel, in the empty folder: the one execution of each chapter in
+    # `make test` checks that it runs alone, installs ddpm itself and reproduces its checked outputs.
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                          "--nbval-kernel-name", "fresh-venv", "--nbval-cell-timeout", "900", chapter.name],
+                         cwd=work, capture_output=True, text=True)
+    assert run.returncode == 0, f"nbval of {chapter.name} in the fresh environment failed:\n{run.stdout[-6000:]}"
 
     venv_site = run_python(python, "import sysconfig; print(sysconfig.get_paths()['purelib'])", work).stdout.strip()
     where = run_python(python, "import ddpm; print(ddpm.__file__)", work)
