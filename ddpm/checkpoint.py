@@ -1,17 +1,23 @@
-"""Checkpoints that survive a crash and cannot run code: atomic writes, ``weights_only`` loads, RNG states.
+"""Checkpoints that survive a crash, cannot run code and cannot be corrupted silently: atomic writes,
+``weights_only`` loads, a checksum, RNG states.
 
 A checkpoint is a dict of tensors and plain Python values (ints, floats, strings, lists, dicts), so
 ``torch.load(..., weights_only=True)`` reads it and a stranger's file cannot execute anything on load.
 It is written to a temporary file in the same directory, flushed to disk, and renamed over the old
 one (``os.replace`` is atomic on POSIX and Windows): a run killed during a save leaves the previous
-checkpoint intact and loadable. :func:`load_model` rebuilds the trained network from a checkpoint.
+checkpoint intact and loadable, and :func:`remove_stale_temporaries` clears what the kill left. The
+SHA-256 of its contents is saved with it and checked on load, so flipped bytes are an error, not
+black images. :func:`load_model` rebuilds the trained network from a checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import pickle
 import random
+import shutil
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -19,15 +25,73 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import TrainConfig, build_model
+from .unet import UNet
 
-def save_checkpoint(state: dict, path) -> Path:
-    """Write ``state`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``."""
+CHECKSUM = "sha256"  # the key under which a checkpoint holds the digest of everything else in it
+
+
+class DiskFullError(OSError):
+    """A checkpoint did not fit on its disk. The previous checkpoint is kept and the partial file removed."""
+
+
+def _leaves(value, key=""):
+    """(key path, leaf) for every tensor and plain value in a nested dict/list, in a fixed order."""
+    if isinstance(value, dict):
+        for k in sorted(value, key=repr):
+            yield from _leaves(value[k], f"{key}/{k!r}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{key}/{i}")
+    else:
+        yield key, value
+
+
+def checksum(state: dict) -> str:
+    """The SHA-256 of ``state`` without its own checksum: every key, every plain value, and every tensor's
+    dtype, shape and bytes (in logical order, so a tensor's memory layout does not change it)."""
+    h = hashlib.sha256()
+    for key, leaf in _leaves({k: v for k, v in state.items() if k != CHECKSUM}):
+        if isinstance(leaf, torch.Tensor):
+            t = leaf.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{key}:{t.dtype}{tuple(leaf.shape)}:".encode())
+            h.update(t.view(torch.uint8).numpy().data)
+        else:
+            h.update(f"{key}={leaf!r};".encode())
+    return h.hexdigest()
+
+
+def _nbytes(state: dict) -> int:
+    return sum(v.numel() * v.element_size() for _, v in _leaves(state) if isinstance(v, torch.Tensor))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` or an exception it was raised from is "no space left" (torch.save turns that into
+    a RuntimeError whose context is the OSError)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``, so ``path``
+    is always either the old file or the new one. The file gets the mode the umask gives (not 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,37 +107,67 @@ def save_checkpoint(state: dict, path) -> Path:
     return path
 
 
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files that :func:`atomic_write` left beside ``path`` when a process was
+    killed during a save (only files of that pattern). Call it before a run writes ``path`` again."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def save_checkpoint(state: dict, path) -> Path:
+    """Write ``state`` and its checksum to ``path`` atomically; a full disk is a :class:`DiskFullError`."""
+    state = {**state, CHECKSUM: checksum(state)}
+    try:
+        return atomic_write(path, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as e:
+        path, needed = Path(path), _nbytes(state)
+        free = shutil.disk_usage(path.parent).free
+        if not (_disk_full(e) or free < needed):
+            raise
+        full = DiskFullError(f"the disk is full: saving {path} needs about {needed / 1e6:.1f} MB and "
+                             f"{free / 1e6:.1f} MB are free; the previous checkpoint is kept. Free some space "
+                             "(or choose an out_dir on another disk) and continue with --resume")
+        full.errno = errno.ENOSPC
+        raise full from None
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True``: tensors and plain containers only, never code."""
+    """Read a checkpoint with ``weights_only=True`` (tensors and plain containers only, never code) and check
+    its checksum (files written before checksums existed have none to check)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train first (python -m ddpm train) or pass the "
                                 "path of an existing checkpoint.pt")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a safe ddpm checkpoint: it holds objects other than tensors and plain "
-                         f"containers, which weights_only loading refuses ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or not written by torch.save): {e}") from None
+                         f"containers, which weights_only loading refuses ({first})") from None
+    except Exception as e:  # a torn zip, a text file, ...: torch raises RuntimeError, EOFError, KeyError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
+                         f"{type(e).__name__} {first}".rstrip()) from None
     missing = {"step", "model", "ema", "config"} - set(state) if isinstance(state, dict) else {"a dict"}
     if missing:
         raise ValueError(f"{path} is not a ddpm checkpoint: it lacks {sorted(missing)}")
-    return state
+    if CHECKSUM in state and state[CHECKSUM] != checksum(state):
+        raise ValueError(f"{path} is corrupted: its contents do not match the SHA-256 saved with them; use "
+                         "another copy, or an earlier checkpoint")
+    return state if str(map_location) == "cpu" else _to(state, map_location)
 
 
-# What a resumed run must share with its checkpoint: every setting that changes the sequence of weights
-# (not steps, intervals, out_dir, device, the GPU switches or the number of processes).
-TRAJECTORY = ("data", "image_size", "model", "dropout", "T", "beta_1", "beta_T", "batch_size", "lr", "warmup",
-              "grad_clip", "ema_decay", "flip", "seed", "loss", "variance")
-
-
-def check_resumable(saved: dict, config: dict, path) -> None:
-    """Raise a ValueError naming every ``TRAJECTORY`` setting in which two training configs differ."""
-    diff = [f"{k}={saved.get(k)!r} there, {config.get(k)!r} here" for k in TRAJECTORY if saved.get(k) != config.get(k)]
-    if diff:
-        raise ValueError(f"{path} was trained with another config, so it cannot be resumed with this one: "
-                         + "; ".join(diff) + ". Use the same values, or another out_dir for a new run.")
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, device) for v in value)
+    return value
 
 
 def rng_state() -> dict:
@@ -103,9 +197,6 @@ def set_rng_state(state: dict) -> None:
 
 def load_model(path, use_ema: bool = True, device="cpu") -> tuple:
     """(network, config, image shape [C, H, W]) from a checkpoint: the EMA weights unless ``use_ema=False``."""
-    from .train import TrainConfig, build_model  # here, because train imports this module
-    from .unet import UNet
-
     state = load_checkpoint(path)
     known = {f.name for f in fields(TrainConfig)}
     saved = state["config"]

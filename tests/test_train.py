@@ -2,7 +2,9 @@
 
 import csv
 import math
+import os
 import random
+import shlex
 from dataclasses import replace
 
 import numpy as np
@@ -59,13 +61,21 @@ def weights(result):
             **{f"ema.{k}": v for k, v in result.ema.state_dict().items()}}
 
 
-def test_defaults_follow_the_data_and_the_device():
+def native(monkeypatch, cuda=False, avx512_bf16=False, amx=False):
+    """Pretend the GPU and the CPU do (or do not) have native bf16."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: cuda)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+
+def test_defaults_follow_the_data_and_the_device(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    native(monkeypatch, cuda=True)
     digits = resolve(TrainConfig(), (1, 8, 8), cpu)
     assert (digits.model, digits.flip, digits.image_size, digits.warmup) == ("tiny", False, 8, 200)
     assert not (digits.bf16 or digits.compile or digits.channels_last or digits.num_workers)
     faces = resolve(TrainConfig(data="celeba"), (3, 64, 64), cuda)
-    assert (faces.model, faces.flip, faces.warmup, faces.batch_size) == ("celeba64", True, 5000, 128)
+    assert (faces.model, faces.flip, faces.warmup, faces.batch_size, faces.lr) == ("celeba64", True, 5000, 128, 2e-4)
     assert faces.bf16 and faces.compile and faces.channels_last and faces.num_workers >= 1
     off = resolve(TrainConfig(data="celeba", bf16=False, flip=False, model="tiny"), (3, 64, 64), cuda)
     assert (off.bf16, off.flip, off.model, off.compile) == (False, False, "tiny", True)
@@ -77,6 +87,34 @@ def test_defaults_follow_the_data_and_the_device():
         resolve(TrainConfig(lr=0.0), (1, 8, 8), cpu)
     with pytest.raises(ValueError, match="unknown model preset"):
         resolve(TrainConfig(model="resnet"), (1, 8, 8), cpu)
+
+
+def test_256_pixel_runs_default_to_the_papers_lr_and_batch():
+    """run_celebahq.py and run_lsun.py trained the 256x256 models at lr 2e-5, batch 64."""
+    big = resolve(TrainConfig(data="faces.npy"), (3, 256, 256), torch.device("cpu"))
+    assert (big.model, big.lr, big.batch_size) == ("celebahq256", 2e-5, 64)
+    mine = resolve(TrainConfig(data="faces.npy", lr=1e-4, batch_size=32), (3, 256, 256), torch.device("cpu"))
+    assert (mine.lr, mine.batch_size) == (1e-4, 32)
+
+
+@pytest.mark.parametrize("device, probes, expected", [
+    ("cpu", {}, False),                        # this project's AMD EPYC: no AVX512-BF16, no AMX
+    ("cpu", {"avx512_bf16": True}, True),
+    ("cpu", {"amx": True}, True),
+    ("cuda", {"cuda": False}, False),          # e.g. a V100 or T4
+    ("cuda", {"cuda": True}, True),
+])
+def test_bf16_is_on_by_default_only_where_the_device_runs_it_natively(monkeypatch, device, probes, expected):
+    native(monkeypatch, **probes)
+    assert resolve(TrainConfig(), (1, 8, 8), torch.device(device)).bf16 is expected
+    for flag in (True, False):  # the flag always wins
+        assert resolve(TrainConfig(bf16=flag), (1, 8, 8), torch.device(device)).bf16 is flag
+
+
+def test_bf16_default_on_this_machine_follows_its_cpu():
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    native_here = "avx512_bf16" in flags or "amx_tile" in flags
+    assert resolve(TrainConfig(), (1, 8, 8), torch.device("cpu")).bf16 is native_here
 
 
 def test_each_epoch_visits_every_example_once_and_ranks_split_the_global_batch():
@@ -195,8 +233,8 @@ def test_a_run_is_not_overwritten_and_resumes_only_with_its_config(tmp_path):
     train(cfg, TinyNet(), data, progress=False)
     with pytest.raises(ValueError, match="already exists; pass resume=True"):
         train(cfg, TinyNet(), data, progress=False)
-    with pytest.raises(ValueError, match=r"another config.*lr=0.001 there, 0.002 here"):
-        train(replace(cfg, resume=True, lr=2e-3, steps=3), TinyNet(), data, progress=False)
+    with pytest.raises(ValueError, match=r"another config.*batch_size=4 there, 8 here.*only lr, warmup, grad_clip"):
+        train(replace(cfg, resume=True, batch_size=8, steps=3), TinyNet(), data, progress=False)
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -240,7 +278,7 @@ def test_the_tiny_unet_learns_the_digits_and_saves_sample_grids(tmp_path, seed):
     assert (result.config.model, result.config.flip) == ("tiny", False)
     grids = sorted((tmp_path / "run" / "samples").iterdir())
     assert [g.name for g in grids] == ["step_0000025.png", "step_0000050.png"]
-    assert Image.open(grids[-1]).size == (2 * (8 + 2) + 2,) * 2
+    assert Image.open(grids[-1]).size == (2 * (64 + 2) + 2,) * 2  # 8x8 digits scaled up 8x, so they can be seen
 
 
 def test_the_true_bound_as_objective(tmp_path):
@@ -253,3 +291,174 @@ def test_the_true_bound_as_objective(tmp_path):
     assert bound.losses[0] != simple.losses[0]  # same draws, another loss
     with pytest.raises(ValueError, match="loss must be 'simple' or 'vlb'"):
         train(config(tmp_path / "bad", loss="l1"), TinyNet(), data, progress=False)
+
+
+def test_ema_update_equals_the_loop_over_parameters_bit_for_bit(gen):
+    """The fused _foreach update gives exactly what lerp_ on each parameter gave, and copies the buffers."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(5, 2))
+    ema = ema_copy(model)
+    with torch.no_grad():
+        for p in (*model.parameters(), *ema.parameters()):
+            p.copy_(torch.randn(p.shape, generator=gen))
+        model[1].running_mean.copy_(torch.randn(4, generator=gen))
+    expected = [e.clone().lerp_(p, 1 - 0.9999) for e, p in zip(ema.parameters(), model.parameters())]
+    ema_update(ema, model, 0.9999)
+    assert all(torch.equal(e, x) for e, x in zip(ema.parameters(), expected))
+    assert torch.equal(ema[1].running_mean, model[1].running_mean)
+
+
+class Unreadable(torch.utils.data.Dataset):
+    """``data``, except that item ``bad`` (while ``broken``) raises what a corrupt image raises."""
+
+    def __init__(self, data, bad, broken=True):
+        self.data, self.bad, self.broken = data, bad, broken
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if self.broken and i == self.bad:
+            raise ValueError(f"cannot read /data/celeba/{i:06d}.jpg: image file is truncated; replace it")
+        return self.data[i]
+
+
+def test_an_unreadable_image_keeps_the_finished_steps_and_says_which_file(tmp_path):
+    """No checkpoint is due before step 20, yet the steps done before the bad image are saved, the error is
+    one line naming the file, and after the image is fixed the resumed run equals one that never failed."""
+    data = images()
+    cfg = config(tmp_path, steps=20, checkpoint_every=0, log_every=4)
+    bad = int(batch_indices(len(data), 4, cfg.seed, 9)[0])  # first read in step 10 (steps count from 0 here)
+    first = next(k for k in range(20) if bad in batch_indices(len(data), 4, cfg.seed, k).tolist())
+    torch.manual_seed(0)
+    straight = train(replace(cfg, out_dir=tmp_path / "straight"), TinyNet(), data, progress=False)
+    torch.manual_seed(0)
+    dataset = Unreadable(data, bad)
+    with pytest.raises(ValueError) as caught:
+        train(cfg, TinyNet(), dataset, progress=False)
+    message = str(caught.value)
+    assert f"/data/celeba/{bad:06d}.jpg" in message and "\n" not in message
+    assert f"the checkpoint of step {first} in {tmp_path / 'run'} is kept" in message
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == first
+    assert [int(r[0]) for r in read_log(tmp_path / "run" / "log.csv")[1:]] == list(range(1, first + 1))
+    dataset.broken = False
+    resumed = train(replace(cfg, resume=True), TinyNet(), dataset, progress=False)
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_unreadable_image_in_a_loader_worker_is_one_line(tmp_path):
+    """A DataLoader worker re-raises the error with its traceback inside the message; the run keeps one line."""
+    data = images()
+    cfg = config(tmp_path, steps=3, checkpoint_every=0, num_workers=1)
+    bad = int(batch_indices(len(data), 4, cfg.seed, 1)[0])
+    with pytest.raises(ValueError) as caught:
+        train(cfg, TinyNet(), Unreadable(data, bad), progress=False)
+    assert str(caught.value).startswith(f"cannot read /data/celeba/{bad:06d}.jpg") and "\n" not in str(caught.value)
+
+
+def test_after_a_nan_stop_lr_warmup_and_clip_may_change_on_resume_and_are_recorded(tmp_path):
+    cfg = config(tmp_path, steps=10, log_every=10, checkpoint_every=4)
+    with pytest.raises(NonFiniteLossError, match=r"lower learning rate, run `.*lr=0\.0001\)`"):
+        train(cfg, TinyNet(fail_at=6, fail_with="nan"), images(), progress=False)
+    lower = replace(cfg, resume=True, lr=1e-4, warmup=5, grad_clip=0.5)
+    result = train(lower, TinyNet(), images(), progress=False)
+    assert result.step == 10 and all(math.isfinite(v) for v in result.losses)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["changes"] == [{"step": 4, "lr": [1e-3, 1e-4], "warmup": [3, 5], "grad_clip": [1.0, 0.5]}]
+    assert (state["config"]["lr"], state["config"]["warmup"], state["config"]["grad_clip"]) == (1e-4, 5, 0.5)
+    log = read_log(tmp_path / "run" / "log.csv")
+    assert log[0] == ["step", "loss", "lr", "note"] and [r[0] for r in log[1:]] == [str(k) for k in range(1, 11)]
+    assert log[5][3] == "resumed with lr=0.0001 (was 0.001), warmup=5 (was 3), grad_clip=0.5 (was 1.0)"
+    assert float(log[5][2]) == 1e-4 and all(r[3] == "" for r in log[1:5] + log[6:])
+
+
+def test_the_nan_and_ctrl_c_messages_give_a_command_that_works(tmp_path, monkeypatch):
+    """With the config's own data and network, the messages hold a command line; run as given, it goes on."""
+    from ddpm.__main__ import main
+
+    cfg = TrainConfig(T=50, batch_size=8, steps=4, warmup=2, log_every=1, sample_every=0, checkpoint_every=2,
+                      out_dir=str(tmp_path / "run"), seed=5)
+    real, calls = train_mod.l_simple, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train_mod, "l_simple", interrupted)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(cfg, progress=False)
+    monkeypatch.undo()
+    message = str(caught.value)
+    assert message.startswith(f"stopped at step 2; the checkpoint of step 2 in {tmp_path / 'run'} is kept; "
+                              "continue with `python -m ddpm train ") and "\n" not in message
+    argv = shlex.split(message.split("`")[1])
+    assert argv[:4] == ["python", "-m", "ddpm", "train"] and argv[-1] == "--resume"
+    assert main(argv[3:] + ["--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+
+    calls.clear()
+    monkeypatch.setattr(train_mod, "l_simple", lambda *args: real(*args) * (math.nan if calls.append(1) or
+                                                                            len(calls) == 3 else 1))
+    with pytest.raises(NonFiniteLossError) as caught:
+        train(replace(cfg, out_dir=str(tmp_path / "nan")), progress=False)
+    argv = shlex.split(str(caught.value).split("`")[1])
+    assert argv[-1] == "--resume" and argv.count("--lr") == 1 and argv[argv.index("--lr") + 1] == "2e-05"
+    assert main(argv[3:] + ["--quiet"]) == 0  # the default lr / 10 from the step-2 checkpoint: no NaN now
+    assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["changes"] == [{"step": 2, "lr": [2e-4, 2e-5]}]
+
+
+def test_resume_asks_for_fewer_steps_than_done(tmp_path):
+    data = images()
+    cfg = config(tmp_path, steps=3, checkpoint_every=0)
+    train(cfg, TinyNet(), data, progress=False)
+    with pytest.raises(ValueError, match=r"has done 3 steps, more than steps=2: nothing to do.*larger steps"):
+        train(replace(cfg, resume=True, steps=2), TinyNet(), data, progress=False)
+
+
+def test_a_resume_may_switch_channels_last(tmp_path):
+    """The saved Adam moments keep their layout; on resume they take the parameters' (CUDA's fused Adam needs it)."""
+    data = images()
+    cfg = config(tmp_path, steps=2, checkpoint_every=0, channels_last=True)
+    train(cfg, TinyNet(dropout=0.0), data, progress=False)
+    result = train(replace(cfg, steps=3, resume=True, channels_last=False), TinyNet(dropout=0.0), data,
+                   progress=False)
+    adam = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["optimizer"]["state"]
+    for i, p in enumerate(result.model.parameters()):
+        assert adam[i]["exp_avg"].stride() == adam[i]["exp_avg_sq"].stride() == p.stride()
+
+
+def test_the_bar_shows_the_loss_and_the_precision_from_the_first_steps(tmp_path, capfd):
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path, steps=20, log_every=50, checkpoint_every=0), TinyNet(fail_at=4), images())
+    err = capfd.readouterr().err
+    assert err.startswith("train: float32") and "loss=" in err
+    train(config(tmp_path / "grid", steps=2, sample_every=2, num_samples=1), TinyNet(T=50), images())
+    assert "drawing samples" in capfd.readouterr().err
+
+
+def test_the_data_folder_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = train(config(tmp_path, steps=1, data_dir="celeba"), TinyNet(), images(), progress=False)
+    assert result.config.data_dir == str(tmp_path / "celeba")
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]["data_dir"] == str(tmp_path / "celeba")
+
+
+def test_log_csv_is_rewritten_atomically_on_resume(tmp_path, monkeypatch):
+    data = images()
+    cfg = config(tmp_path, steps=4, checkpoint_every=2)
+    train(cfg, TinyNet(), data, progress=False)
+    before = (tmp_path / "run" / "log.csv").read_text()
+
+    class Killed:
+        def __init__(self, f):
+            pass
+
+        def writerows(self, rows):
+            raise KeyboardInterrupt("killed while the log is rewritten")
+
+    monkeypatch.setattr(train_mod.csv, "writer", Killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(replace(cfg, resume=True, steps=6), TinyNet(), data, progress=False)
+    assert (tmp_path / "run" / "log.csv").read_text() == before
