@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .parameterization import check_parameterization
 from .unet import UNet
 
 
@@ -28,6 +29,8 @@ class TrainConfig:
     beta_1: float = _opt(1e-4, "first variance of the linear schedule")
     beta_T: float = _opt(0.02, "last variance of the linear schedule")
     loss: str = _opt("simple", "training objective: 'simple' (L_simple, Eq. 14) or 'vlb' (the true bound, Eq. 5)")
+    parameterization: str = _opt("eps", "what the network outputs: 'eps' (the noise, the paper's choice), "
+                                        "'mu' (the posterior mean, Table 2's baseline) or 'x0'")
     variance: str = _opt("fixedlarge", "sigma_t^2 of p_theta for loss='vlb': 'fixedlarge' (beta_t) or "
                                        "'fixedsmall' (beta-tilde_t)")
     batch_size: int | None = _opt(None, "GLOBAL batch size, divided evenly across torchrun processes "
@@ -113,6 +116,7 @@ def resolve(config: TrainConfig, image_shape, device: torch.device, world_size: 
                          f"{world_size} processes; use a multiple of {world_size}")
     if c.loss not in ("simple", "vlb"):
         raise ValueError(f"loss must be 'simple' or 'vlb', got {c.loss!r}")
+    check_parameterization(c.parameterization)
     if c.variance not in ("fixedlarge", "fixedsmall"):
         raise ValueError(f"variance must be 'fixedlarge' or 'fixedsmall', got {c.variance!r}")
     if c.model not in UNet.PRESETS and c.model != "custom":

@@ -44,6 +44,7 @@ from .config import TrainConfig, build_model, check_resumable, native_bf16, reso
 from .data import get_dataset
 from .ema import ema_copy, ema_decay, ema_update
 from .losses import l_simple, l_vlb
+from .parameterization import as_eps_model
 from .sampling import sample
 from .schedule import NoiseSchedule
 
@@ -215,8 +216,9 @@ def _train(config, model, dataset, progress, rank, world, device) -> TrainResult
             for group in opt.param_groups:
                 group["lr"] = lrs[-1]
             with torch.autocast(device.type, torch.bfloat16, enabled=config.bf16):
-                loss = l_simple(s, net, x0, t, noise) if config.loss == "simple" else \
-                    l_vlb(s, net, x0, t, noise, config.variance)
+                loss = l_simple(s, net, x0, t, noise, parameterization=config.parameterization) \
+                    if config.loss == "simple" else \
+                    l_vlb(s, net, x0, t, noise, config.variance, parameterization=config.parameterization)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -234,7 +236,8 @@ def _train(config, model, dataset, progress, rank, world, device) -> TrainResult
             flush()
             if sample_due:
                 bar.set_description("train: drawing samples")
-                _save_grid(s, ema, config, shape, device, out / "samples" / f"step_{done:07d}.png", rank, world, show)
+                _save_grid(s, as_eps_model(s, ema, config.parameterization), config, shape, device,
+                           out / "samples" / f"step_{done:07d}.png", rank, world, show)
                 bar.set_description("train")
             if save_due:
                 save()
