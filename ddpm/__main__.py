@@ -3,10 +3,12 @@
     python -m ddpm train --data digits                          # a CPU, a few minutes
     python -m ddpm train --data celeba --data-dir DIR           # a GPU; torchrun --nproc_per_node N for several
     python -m ddpm sample --checkpoint runs/ddpm/checkpoint.pt  # a PNG grid from the EMA weights
+    python -m ddpm sample --num-samples 50000 --out-dir DIR --npy x.npy   # in batches, for FID
     python -m ddpm evaluate --checkpoint runs/ddpm/checkpoint.pt --num-images 64   # bits/dim on held-out data
 
 ``train`` takes every field of :class:`ddpm.train.TrainConfig` as a flag, or from ``--config FILE``
-(.json or .toml); flags override the file. Usage errors exit with code 2.
+(.json or .toml); flags override the file. Bad input gets a one-line ``error: ...`` and exit code 2,
+a failed run exit code 1, Ctrl-C exit code 130.
 """
 
 from __future__ import annotations
@@ -16,19 +18,40 @@ import json
 import math
 import os
 import sys
-import tomllib
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
-from .train import NonFiniteLossError, TrainConfig, train
+from .train import TrainConfig, train
+
+DEFAULT_CHECKPOINT = str(Path(TrainConfig.out_dir) / "checkpoint.pt")  # where `train` writes by default
+GRID_MAX = 64  # the PNG grid shows at most the first 64 samples
 
 
 def _field_type(f) -> type:
     """The Python type a TrainConfig field holds: its annotation without ``| None``."""
     return {"bool": bool, "int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
+
+
+def _parse_file(path: Path):
+    """The contents of a .json or .toml file; TOML through tomllib, or tomli on Python 3.10."""
+    if path.suffix == ".json":
+        loads, error = json.loads, json.JSONDecodeError
+    else:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+            try:
+                import tomli as tomllib
+            except ModuleNotFoundError:
+                raise ValueError(f"reading {path} needs Python 3.11 or `pip install tomli`; or use a .json "
+                                 "config") from None
+        loads, error = tomllib.loads, tomllib.TOMLDecodeError
+    try:
+        return loads(path.read_text())
+    except error as e:
+        raise ValueError(f"{path} is not valid {path.suffix[1:].upper()}: {e}") from None
 
 
 def read_config_file(path) -> dict:
@@ -38,10 +61,10 @@ def read_config_file(path) -> dict:
         raise FileNotFoundError(f"no config file at {path}")
     if path.suffix not in (".json", ".toml"):
         raise ValueError(f"the config file must be .json or .toml, got {path.name}")
-    try:
-        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid {path.suffix[1:].upper()}: {e}") from None
+    raw = _parse_file(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the top level must be a table of settings such as {{\"steps\": 2000}}, "
+                         f"got a {type(raw).__name__}")
     types = {f.name: _field_type(f) for f in fields(TrainConfig)}
     settings = {}
     for key, value in raw.items():
@@ -56,6 +79,25 @@ def read_config_file(path) -> dict:
         settings[name] = float(value) if want is float and value is not None else value
     return settings
 
+
+def _device(name: str) -> torch.device:
+    """The device ``name`` names ("auto": CUDA if present, else the CPU), if this machine has it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:1, mps, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} but this machine has no CUDA GPU; use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name} but MPS is not available here; use --device cpu or auto")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------- train
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a UNet with Algorithm 1 (torchrun it for several GPUs)",
@@ -75,68 +117,190 @@ def _train_parser(sub) -> None:
 def _run_train(args) -> int:
     settings = read_config_file(args.config) if args.config else {}
     settings.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
-    result = train(TrainConfig(**settings), progress=not args.quiet)
+    config = TrainConfig(**settings)
+    _device(config.device)  # an unknown or absent device is a usage error, before any work
+    result = train(config, progress=not args.quiet)
     tail = result.losses[-100:]
     loss = f", mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}" if tail else ""
+    written = "checkpoint, log.csv and samples/" if result.config.sample_every else "checkpoint and log.csv"
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process speaks
-        print(f"trained {result.step} steps{loss}; checkpoint, log.csv and samples/ in {result.out_dir}")
+        print(f"trained {result.step} steps{loss}; {written} in {result.out_dir}")
     return 0
 
 
+# ------------------------------------------------------------------------------------- sample, evaluate
+
 def _common(p) -> None:
-    p.add_argument("--checkpoint", default="runs/ddpm/checkpoint.pt", help="a checkpoint.pt written by train")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a checkpoint.pt written by train [%(default)s]")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not their EMA")
     p.add_argument("--variance", choices=("fixedlarge", "fixedsmall"), default="fixedlarge",
-                   help="σ_t² = β_t (fixedlarge) or β̃_t (fixedsmall)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+                   help="σ_t² = β_t (fixedlarge) or β̃_t (fixedsmall) [%(default)s]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise [%(default)s]")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else cpu), cpu, cuda, cuda:1, mps "
+                   "[%(default)s]")
 
 
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+def _load(args, device: torch.device) -> tuple:
+    """:func:`ddpm.checkpoint.load_model`, with whatever torch raises on an unreadable file as a ValueError."""
+    import pickle
+
+    from .checkpoint import load_model
+    try:
+        return load_model(args.checkpoint, args.ema, device)
+    except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"cannot read {args.checkpoint} as a ddpm checkpoint ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'})") from None
+
+
+def _writable_folder(folder: Path, flag: str, path) -> None:
+    """Raise a ValueError unless ``folder`` is, or can be created as, a folder this process may write in."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write in {existing}")
+
+
+def _check_outputs(args) -> tuple[Path, Path | None, Path | None]:
+    """The grid PNG, the .npy and the PNG folder of ``sample``, checked before any sampling (nothing is created)."""
+    from PIL import Image
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "samples.png"
+    npy, folder = (Path(p) if p else None for p in (args.npy, args.out_dir))
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'samples.png'}")
+    if not out.suffix:
+        raise ValueError(f"--out {out} has no file extension; use a name such as {out}.png")
+    if Image.registered_extensions().get(out.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"--out {out}: cannot write {out.suffix} images; use .png (or .jpg, .bmp, .tif)")
+    _writable_folder(out.parent, "--out", out)
+    if npy is not None:
+        if npy.is_dir():
+            raise ValueError(f"--npy {npy} is a folder; give a file name such as {npy / 'samples.npy'}")
+        if npy.suffix != ".npy":
+            raise ValueError(f"--npy {npy}: the file name must end in .npy")
+        _writable_folder(npy.parent, "--npy", npy)
+    if folder is not None:
+        _writable_folder(folder, "--out-dir", folder)
+    return out, npy, folder
+
+
+class _SampleFiles:
+    """Where ``sample`` writes each batch as soon as it is drawn: the grid of the first ``GRID_MAX`` samples,
+    one PNG per sample in a folder, and the .npy array (filled in a hidden partial file, renamed when full)."""
+
+    def __init__(self, out: Path, npy: Path | None, folder: Path | None, n_all: int, shape):
+        self.out, self.npy, self.folder, self.n_all, self.shape = out, npy, folder, n_all, tuple(shape)
+        self.partial = npy.with_name(f".{npy.name}.partial") if npy else None
+        self.n_grid, self.grid, self.array, self.done = min(n_all, GRID_MAX), [], None, 0
+
+    def write(self, x: torch.Tensor) -> None:
+        """Append a batch of uint8 samples [n, C, H, W]."""
+        import numpy as np
+        from PIL import Image
+
+        first, n = self.done, len(x)
+        if self.npy is not None:
+            if self.array is None:
+                self.npy.parent.mkdir(parents=True, exist_ok=True)
+                self.array = np.lib.format.open_memmap(self.partial, "w+", np.uint8, (self.n_all, *self.shape))
+            self.array[first:first + n] = x.numpy()
+            self.array.flush()
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            images = x.permute(0, 2, 3, 1).numpy()  # [n, H, W, C], as PIL wants them
+            digits = max(6, len(str(self.n_all - 1)))
+            for i, image in enumerate(images[..., 0] if self.shape[0] == 1 else images):
+                Image.fromarray(image).save(self.folder / f"{first + i:0{digits}d}.png")
+        if first < self.n_grid:
+            self.grid.append(x[:self.n_grid - first])
+            if first + n >= self.n_grid:
+                _save_grid(torch.cat(self.grid), self.out)
+        self.done += n
+
+    def written(self) -> list[str]:
+        """The files and folders that hold samples so far."""
+        return [str(p) for p in (self.folder, self.partial) if p is not None and self.done] + \
+            [str(self.out)] * (self.done >= self.n_grid)
+
+    def close(self, complete: bool) -> None:
+        """Give the .npy its name if every row is in; else remove it, unless some rows are worth keeping."""
+        self.array = None  # closes the memory map
+        if self.partial is not None and complete:
+            os.replace(self.partial, self.npy)
+        elif self.partial is not None and not self.done:
+            self.partial.unlink(missing_ok=True)
 
 
 def _run_sample(args) -> int:
-    from torchvision.utils import save_image
+    from tqdm.auto import tqdm
 
-    from .sampling import sample
+    from . import sampling
+    from .batches import step_seed
+    from .levels import to_uint8
     from .schedule import NoiseSchedule
 
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
+    n_all, size = args.num_samples, args.batch_size
+    if n_all < 1 or size < 1:
+        raise ValueError(f"--num-samples and --batch-size must be at least 1, got {n_all} and {size}")
+    out, npy, folder = _check_outputs(args)
     device = _device(args.device)
-    model, config, shape = load_model(args.checkpoint, args.ema, device)
+    model, config, shape = _load(args, device)
     s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
-    g = torch.Generator(device).manual_seed(args.seed)
-    x = sample(s, model, (args.num_samples, *shape), args.variance, generator=g, device=device, progress=True)
-    out = Path(args.out or Path(args.checkpoint).parent / "samples.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_image((x + 1) / 2, out, nrow=math.ceil(math.sqrt(args.num_samples)))
-    print(f"wrote {args.num_samples} samples to {out}")
-    if args.npy:
-        import numpy as np
-
-        from .levels import to_uint8
-        np.save(args.npy, to_uint8(x.cpu()).numpy())
-        print(f"wrote them as uint8 [N, C, H, W] to {args.npy}")
+    files, complete = _SampleFiles(out, npy, folder, n_all, shape), False
+    try:
+        with tqdm(total=n_all, unit="img", desc="sample") as bar:
+            for k, first in enumerate(range(0, n_all, size)):
+                g = torch.Generator(device).manual_seed(step_seed(args.seed, k))  # from --seed and k only
+                x = sampling.sample(s, model, (min(size, n_all - first), *shape), args.variance, generator=g,
+                                    device=device, progress=True)
+                if not torch.isfinite(x).all():
+                    raise FloatingPointError(f"the samples of batch {k} are not finite (NaN or Inf), so they were "
+                                             f"not written: {args.checkpoint}'s weights are not usable")
+                files.write(to_uint8(x.cpu()))
+                bar.update(len(x))
+        complete = True
+    except KeyboardInterrupt:  # keep what was written, and say where
+        if files.done:
+            raise KeyboardInterrupt(f"{files.done} of {n_all} samples drawn before Ctrl-C; written to "
+                                    f"{', '.join(files.written()) or 'nothing yet'}") from None
+        raise
+    except BaseException:
+        files.done = 0  # rows of an unusable run are not worth keeping
+        raise
+    finally:
+        files.close(complete)
+    print(f"wrote the first {files.n_grid} of {n_all} samples as a grid to {out}")
+    if npy is not None:
+        print(f"wrote all {n_all} as uint8 [N, C, H, W] to {npy}")
+    if folder is not None:
+        print(f"wrote all {n_all} as PNGs to {folder}")
     return 0
 
 
+def _save_grid(x_uint8: torch.Tensor, path: Path) -> None:
+    from torchvision.utils import save_image  # here: importing torchvision takes seconds
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(x_uint8.float() / 255, path, nrow=math.ceil(math.sqrt(len(x_uint8))))
+
+
 def _run_evaluate(args) -> int:
+    from . import evaluate
     from .data import get_dataset
-    from .evaluate import bits_per_dim
     from .schedule import NoiseSchedule
 
     if args.num_images < 2:
         raise ValueError(f"--num-images must be at least 2 (for a standard error), got {args.num_images}")
     device = _device(args.device)
-    model, config, shape = load_model(args.checkpoint, args.ema, device)
+    model, config, shape = _load(args, device)
     data = get_dataset(args.data or config.data, args.split, args.data_dir or config.data_dir, shape[-1])
     n = min(args.num_images, len(data))
     x0 = torch.stack([data[i] for i in range(n)]).to(device)
     s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
     g = torch.Generator(device).manual_seed(args.seed)
-    result = bits_per_dim(s, model, x0, args.variance, batch_size=args.batch_size, generator=g, progress=True)
+    result = evaluate.bits_per_dim(s, model, x0, args.variance, batch_size=args.batch_size, generator=g,
+                                   progress=True)
     print(f"bits/dim on {n} {args.split} images of {args.data or config.data} (mean ± standard error):")
     for name, part in [("total", result.total), ("L_T", result.prior), ("sum L_(t-1), t>=2", result.diffusion),
                        ("L_0", result.decoder)]:
@@ -149,19 +313,27 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate}")
     _train_parser(sub)
-    ps = sub.add_parser("sample", help="draw samples from a checkpoint (Algorithm 2) into a PNG grid")
+    ps = sub.add_parser("sample", help="draw samples from a checkpoint (Algorithm 2) into a PNG grid, PNGs, a .npy",
+                        description="Algorithm 2 with a trained network, batch by batch; each batch is written "
+                        "as soon as it is drawn. Defaults are in [brackets].")
     _common(ps)
-    ps.add_argument("--num-samples", type=int, default=64, help="how many images")
-    ps.add_argument("--out", help="the PNG to write (default: samples.png next to the checkpoint)")
-    ps.add_argument("--npy", help="also save the samples as a uint8 .npy array [N, C, H, W]")
+    ps.add_argument("--num-samples", type=int, default=64, help="how many images [%(default)s]")
+    ps.add_argument("--batch-size", type=int, default=128,
+                    help="images drawn at once; lower it if memory runs out [%(default)s]")
+    ps.add_argument("--out", help=f"the grid of the first {GRID_MAX} samples, a PNG [samples.png next to the "
+                    "checkpoint]")
+    ps.add_argument("--out-dir", help="also write every sample as a PNG into this folder: 000000.png, ...")
+    ps.add_argument("--npy", help="also write every sample into this uint8 .npy array [N, C, H, W]")
     ps.set_defaults(run=_run_sample)
-    pe = sub.add_parser("evaluate", help="bits/dim of held-out images: L_T, sum of L_(t-1), L_0 and their total")
+    pe = sub.add_parser("evaluate", help="bits/dim of held-out images: L_T, sum of L_(t-1), L_0 and their total",
+                        description="The variational bound (Eq. 5) in bits/dim on the first N held-out images, "
+                        "with its parts. Defaults are in [brackets].")
     _common(pe)
-    pe.add_argument("--num-images", type=int, default=64, help="how many held-out images (the first N)")
-    pe.add_argument("--split", default="test", help="which split of the data")
-    pe.add_argument("--data", help="the data (default: the checkpoint's)")
-    pe.add_argument("--data-dir", help="where the data is (default: the checkpoint's)")
-    pe.add_argument("--batch-size", type=int, default=256, help="(image, t) pairs per network call")
+    pe.add_argument("--num-images", type=int, default=64, help="how many held-out images (the first N) [%(default)s]")
+    pe.add_argument("--split", default="test", help="which split of the data [%(default)s]")
+    pe.add_argument("--data", help="the data [the checkpoint's]")
+    pe.add_argument("--data-dir", help="where the data is [the checkpoint's]")
+    pe.add_argument("--batch-size", type=int, default=256, help="(image, t) pairs per network call [%(default)s]")
     pe.set_defaults(run=_run_evaluate)
     return p
 
@@ -170,12 +342,21 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except NonFiniteLossError as e:
+    except KeyboardInterrupt as e:  # Ctrl-C: what was kept and how to go on, if the command knows
+        print(f"stopped: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 130
+    except FloatingPointError as e:  # a loss or samples stopped being finite (NonFiniteLossError included)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad input: say what and how to fix it
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the run failed on the file system (a full disk, an unreadable image)
+        print(f"error: {e.strerror if e.strerror and not e.filename else e}", file=sys.stderr)
+        return 1
+    except torch.cuda.OutOfMemoryError as e:
+        print(f"error: out of GPU memory ({str(e).splitlines()[0]}); use a smaller --batch-size", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

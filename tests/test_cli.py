@@ -3,17 +3,21 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ddpm.__main__ import main, read_config_file
+from ddpm.__main__ import main, parser, read_config_file
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.celeba import fake_celeba
+from ddpm.train import TrainConfig
 
 FAST = ["--T", "20", "--batch-size", "4", "--sample-every", "0", "--quiet"]
 
@@ -70,6 +74,7 @@ def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert train.returncode == 0, train.stderr[-2000:]
     assert "trained 6 steps" in train.stdout and ckpt.is_file() and (run / "log.csv").is_file()
+    assert "samples/" not in train.stdout  # --sample-every 0 draws none
 
     png, npy = tmp_path / "grid.png", tmp_path / "samples.npy"
     assert main(["sample", "--checkpoint", str(ckpt), "--num-samples", "16", "--out", str(png), "--npy", str(npy)]) == 0
@@ -85,8 +90,8 @@ def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
     assert value["total"] > 0 and value["L_T"] > 0 and "on 8 test images of digits" in out
     assert value["total"] == pytest.approx(value["L_T"] + value["sum L_(t-1), t>=2"] + value["L_0"], rel=1e-4)
 
-    assert main(["train", "--resume", "--steps", "8", "--lr", "1e-3", *FAST, "--out-dir", str(run)]) == 2
-    assert "lr=0.0002 there, 0.001 here" in capsys.readouterr().err
+    assert main(["train", "--resume", "--steps", "8", "--ema-decay", "0.99", *FAST, "--out-dir", str(run)]) == 2
+    assert "ema_decay=0.9999 there, 0.99 here" in capsys.readouterr().err
     state = load_checkpoint(ckpt)
     save_checkpoint({**state, "image_shape": [3, 8, 8]}, tmp_path / "other.pt")  # a config its weights do not fit
     assert main(["sample", "--checkpoint", str(tmp_path / "other.pt")]) == 2
@@ -102,3 +107,190 @@ def test_celeba_trains_from_either_layout_on_a_generated_stand_in(tmp_path):
     assert state["image_shape"] == [3, 16, 16] and state["config"]["flip"] is True
     assert torch.isfinite(torch.tensor([float(r.split(",")[1]) for r in
                                         (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]])).all()
+
+
+# ------------------------------------------------------------------- issue 8: no wasted runs, no tracebacks
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A 2-step digits checkpoint with T=20: sampling it takes a fraction of a second."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--data", "digits", "--steps", "2", *FAST, "--out-dir", str(run)]) == 0
+    return run / "checkpoint.pt"
+
+
+def one_line_error(err: str) -> str:
+    """The message of a one-line error, after any progress bars (which end in carriage returns)."""
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err and sum(line.startswith("error") for line in lines) == 1, err
+    return lines[-1]
+
+
+@pytest.fixture
+def never_sample(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("sampling started before the outputs were checked")
+    monkeypatch.setattr("ddpm.sampling.sample", boom)
+
+
+@pytest.mark.parametrize("flag, path, message", [
+    ("--out", "folder", "is a folder"),
+    ("--out", "grid", "no file extension"),
+    ("--out", "grid.xyz", "cannot write .xyz"),
+    ("--out", "a_file/grid.png", "not a folder"),
+    ("--npy", "samples.txt", "must end in .npy"),
+    ("--npy", "folder", "is a folder"),
+    ("--out-dir", "a_file", "not a folder"),
+])
+def test_sample_checks_its_outputs_before_sampling(ckpt, tmp_path, capsys, never_sample, flag, path, message):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    start = time.perf_counter()
+    assert main(["sample", "--checkpoint", str(ckpt), flag, str(tmp_path / path)]) == 2
+    assert time.perf_counter() - start < 1.0
+    error = one_line_error(capsys.readouterr().err)
+    assert flag in error and message in error
+
+
+def test_sample_refuses_non_finite_samples_and_writes_nothing(ckpt, tmp_path, capsys):
+    state = load_checkpoint(ckpt)
+    state["ema"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state["ema"].items()}
+    save_checkpoint(state, tmp_path / "nan.pt")
+    png, npy, folder = tmp_path / "grid.png", tmp_path / "x.npy", tmp_path / "pngs"
+    assert main(["sample", "--checkpoint", str(tmp_path / "nan.pt"), "--num-samples", "4", "--out", str(png),
+                 "--npy", str(npy), "--out-dir", str(folder)]) == 1
+    assert "not finite" in one_line_error(capsys.readouterr().err)
+    assert not png.exists() and not npy.exists() and not any(folder.glob("*.png"))
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_sample_draws_in_batches_and_writes_as_it_goes(ckpt, tmp_path, capsys, monkeypatch):
+    import ddpm.sampling
+    real, sizes = ddpm.sampling.sample, []
+    monkeypatch.setattr("ddpm.sampling.sample", lambda s, m, shape, *a, **k: sizes.append(shape[0]) or
+                        real(s, m, shape, *a, **k))
+    runs = {}
+    for n in (70, 64):
+        png, npy, folder = tmp_path / f"{n}.png", tmp_path / f"{n}.npy", tmp_path / f"png{n}"
+        argv = ["sample", "--checkpoint", str(ckpt), "--num-samples", str(n), "--batch-size", "32",
+                "--out", str(png), "--npy", str(npy), "--out-dir", str(folder), "--seed", "3"]
+        assert main(argv) == 0
+        runs[n] = np.load(npy)
+        assert runs[n].shape == (n, 1, 8, 8) and runs[n].dtype == np.uint8
+        assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.png" for i in range(n)]
+        for i in (0, n - 1):
+            assert np.array_equal(np.asarray(Image.open(folder / f"{i:06d}.png")), runs[n][i, 0])
+        assert Image.open(png).size == (8 * (8 + 2) + 2,) * 2  # the grid shows the first 64 only
+        assert f"{n}/{n}" in capsys.readouterr().err  # one bar over all the images
+    assert sizes == [32, 32, 6, 32, 32]
+    assert np.array_equal(runs[70][:64], runs[64])  # batch k's seed depends on --seed and k only
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+def test_devices_that_cannot_run_give_one_line(command, ckpt, tmp_path, capsys, monkeypatch):
+    argv = ["train", *FAST, "--out-dir", str(tmp_path / "run")] if command == "train" else \
+        [command, "--checkpoint", str(ckpt)]
+    assert main([*argv, "--device", "bogus"]) == 2
+    assert "bogus" in one_line_error(capsys.readouterr().err)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*argv, "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_a_text_file_as_checkpoint_gives_one_line(command, tmp_path, capsys):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, this is not a checkpoint\n")
+    assert main([command, "--checkpoint", str(text)]) == 2
+    assert str(text) in one_line_error(capsys.readouterr().err)
+
+
+def test_a_config_whose_top_level_is_not_a_table_gives_one_line(tmp_path, capsys):
+    for name, text in {"list.json": "[1, 2]", "number.json": "3"}.items():
+        (tmp_path / name).write_text(text)
+        assert main(["train", "--config", str(tmp_path / name), "--out-dir", str(tmp_path / "run")]) == 2
+        assert "top level" in one_line_error(capsys.readouterr().err)
+
+
+def test_toml_configs_read_with_tomli_where_tomllib_is_missing(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: the config reader falls back to the tomli package (same API)."""
+    import importlib
+    import types
+
+    import ddpm
+    real = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    calls = []
+    tomli = types.ModuleType("tomli")
+    tomli.loads = lambda text: calls.append(text) or real.loads(text)
+    tomli.TOMLDecodeError = real.TOMLDecodeError
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails, as on Python 3.10
+    monkeypatch.setitem(sys.modules, "tomli", tomli)
+    monkeypatch.delitem(sys.modules, "ddpm.__main__")
+    monkeypatch.setattr(ddpm, "__main__", None, raising=False)
+    fresh = importlib.import_module("ddpm.__main__")
+    path = tmp_path / "run.toml"
+    path.write_text("steps = 3\nlr = 1\n")
+    assert fresh.read_config_file(path) == {"steps": 3, "lr": 1.0} and calls == ["steps = 3\nlr = 1\n"]
+    path.write_text("steps = \n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        fresh.read_config_file(path)
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(ValueError, match="pip install tomli"):
+        fresh.read_config_file(path)
+
+
+@pytest.mark.parametrize("command, shown", [("sample", ["[64]", "[fixedlarge]", "[0]", "[auto]", "[128]"]),
+                                            ("evaluate", ["[64]", "[test]", "[256]", "[fixedlarge]"])])
+def test_sample_and_evaluate_help_shows_defaults(command, shown, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(value in out for value in shown)
+    default = parser().parse_args([command]).checkpoint
+    assert default == str(Path(TrainConfig.out_dir) / "checkpoint.pt") and f"[{default}]" in out
+    readme = Path(__file__).parents[1].joinpath("README.md").read_text().split("## Command line")[1].split("\n## ")[0]
+    assert f"reads {default}" in readme and f"writes {Path(default).parent}/" in readme
+
+
+def interrupt(argv: list[str], started, err_file) -> tuple[int, str]:
+    """Run ``python -m ddpm ARGV``, send it SIGINT (Ctrl-C) once ``started()`` holds; its exit code and stderr."""
+    with open(err_file, "w") as err:  # a file, not a pipe: a full pipe would stall the progress bars
+        proc = subprocess.Popen([sys.executable, "-m", "ddpm", *argv], stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 600  # generous: the test machine may be busy
+        while not started() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None and started(), Path(err_file).read_text()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    return proc.returncode, Path(err_file).read_text()
+
+
+def test_ctrl_c_stops_training_with_one_line_and_exit_130(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--data", "digits", "--steps", "100000", *FAST, "--checkpoint-every", "1", "--out-dir", str(run)]
+    code, err = interrupt(argv, (run / "checkpoint.pt").exists, tmp_path / "err.txt")
+    assert code == 130, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stopped: ") and "Traceback" not in err, err[-2000:]
+    assert load_checkpoint(run / "checkpoint.pt")["step"] >= 1
+
+
+def test_ctrl_c_stops_sampling_with_one_line_and_exit_130(ckpt, tmp_path):
+    folder = tmp_path / "pngs"
+    argv = ["sample", "--checkpoint", str(ckpt), "--num-samples", "1000000", "--batch-size", "2",
+            "--out-dir", str(folder), "--out", str(tmp_path / "grid.png")]
+    code, err = interrupt(argv, (folder / "000001.png").exists, tmp_path / "err.txt")
+    assert code == 130 and "Traceback" not in err, err[-2000:]
+    last = [line for line in re.split(r"[\r\n]", err) if line.strip()][-1]
+    assert last.startswith("stopped: ") and "of 1000000 samples" in last and str(folder) in last
+
+
+def test_ctrl_c_stops_evaluate_with_one_line_and_exit_130(ckpt, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("ddpm.evaluate.bits_per_dim", interrupted)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--num-images", "4"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
