@@ -4,7 +4,7 @@ the network it builds, and which settings a resumed run must share with its chec
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -134,13 +134,14 @@ def build_model(config: TrainConfig, channels: int) -> UNet:
 # (not steps, intervals, out_dir, device, the GPU switches or the number of processes), except the three
 # a user may change to get past a NaN stop (ADJUSTABLE), which the run records where it changes them.
 TRAJECTORY = ("data", "image_size", "model", "dropout", "T", "beta_1", "beta_T", "batch_size", "ema_decay", "flip",
-              "seed", "loss", "variance")
+              "seed", "loss", "parameterization", "variance")
 ADJUSTABLE = ("lr", "warmup", "grad_clip")
 
 
 def check_resumable(saved: dict, config: dict, path) -> dict:
     """The ``ADJUSTABLE`` settings that differ, as {name: [there, here]}; a ValueError naming every
     ``TRAJECTORY`` setting in which the two training configs differ."""
+    saved = {**{f.name: f.default for f in fields(TrainConfig)}, **saved}  # a field newer than the checkpoint
     diff = [f"{k}={saved.get(k)!r} there, {config.get(k)!r} here" for k in TRAJECTORY if saved.get(k) != config.get(k)]
     if diff:
         raise ValueError(f"{path} was trained with another config, so it cannot be resumed with this one: "

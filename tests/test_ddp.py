@@ -17,23 +17,33 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ddpm.checkpoint import load_checkpoint
 from ddpm.train import TrainConfig, train
 
 
 SETTINGS = dict(data="digits", model="tiny", dropout=0.0, T=50, batch_size=8, steps=4, warmup=2,
-                log_every=1, sample_every=0, checkpoint_every=0)
+                log_every=1, sample_every=4, num_samples=4, checkpoint_every=0)
 
-# Runs the real command line under torchrun and also saves each rank's weights, which the CLI does not.
+# Runs the real command line under torchrun and also saves each rank's weights, which the CLI does not, and
+# the batch sizes its network saw while sampling (without gradients).
 CAPTURE = """
 import os, sys, torch
 import ddpm.__main__ as cli
+from ddpm.unet import UNet
+sampled, real_forward = [], UNet.forward
+def forward(self, x, t):
+    if not torch.is_grad_enabled():
+        sampled.append(x.shape[0])
+    return real_forward(self, x, t)
+UNet.forward = forward
 real_train = cli.train
 def train(*args, **kwargs):
     result = real_train(*args, **kwargs)
-    state = {"model": result.model.state_dict(), "ema": result.ema.state_dict()}
+    state = {"model": result.model.state_dict(), "ema": result.ema.state_dict(), "sampled": sampled}
     torch.save(state, os.path.join(result.out_dir, f"rank{os.environ['RANK']}.pt"))
     return result
 cli.train = train
@@ -64,7 +74,14 @@ def test_two_processes_keep_identical_replicas_and_match_one_process(tmp_path, s
     saved = load_checkpoint(out / "checkpoint.pt")
     assert saved["step"] == 4 and all(torch.equal(saved["model"][k], ranks[0]["model"][k]) for k in saved["model"])
 
+    # The sample grid: each rank ran the network on its 2 of the 4 images, 50 times (T = 50), and the
+    # gathered grid is the one a single process draws (same noise), up to the float32 rounding above.
+    assert ranks[0]["sampled"] == ranks[1]["sampled"] == [2] * 50
+
     single = train(TrainConfig(**settings, out_dir=str(tmp_path / "one")), progress=False)
+    grids = [np.asarray(Image.open(d / "samples" / "step_0000004.png"), dtype=float) for d in (out, tmp_path / "one")]
+    print(f"grid: max |DDP - single process| = {np.abs(grids[0] - grids[1]).max()} levels of 255")
+    assert grids[0].shape == grids[1].shape and np.abs(grids[0] - grids[1]).max() <= 1
     for part, net in (("model", single.model), ("ema", single.ema)):
         one = net.state_dict()
         diff = max((ranks[0][part][k] - one[k]).abs().max().item() for k in one)
