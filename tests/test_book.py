@@ -75,7 +75,7 @@ def test_install_cell_is_the_books_and_points_at_the_repository(chapter):
     cell = read(chapter).cells[1]
     assert cell.cell_type == "code" and "hide-cell" in cell.metadata.get("tags", []), \
         "cell 2 must be the install cell, a code cell tagged hide-cell"
-    assert cell.source.strip() == INSTALL_CELL.format(url="git+" + repository_url()), \
+    assert cell.source.strip() == INSTALL_CELL.format(url="ddpm-book @ git+" + repository_url()), \
         "the install cell must be identical in every chapter and install from repository.url of _config.yml"
 
 
@@ -226,5 +226,5 @@ def test_chapter_runs_alone_in_a_fresh_environment_that_lacks_ddpm(chapter, tmp_
     where = run_python(python, "import ddpm; print(ddpm.__file__)", work)
     assert where.returncode == 0, f"ddpm is not importable after the chapter ran: {where.stderr}"
     assert Path(where.stdout.strip()).is_relative_to(venv_site), f"ddpm was imported from {where.stdout.strip()}"
-    direct_url = next(Path(venv_site).glob("ddpm-*.dist-info")) / "direct_url.json"
+    direct_url = next(Path(venv_site).glob("ddpm_book-*.dist-info")) / "direct_url.json"
     assert json.loads(direct_url.read_text())["url"] == source.as_uri(), "ddpm must come from the local checkout"
