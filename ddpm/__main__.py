@@ -20,6 +20,7 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -131,25 +132,58 @@ def _run_train(args) -> int:
 # ------------------------------------------------------------------------------------- sample, evaluate
 
 def _common(p) -> None:
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a checkpoint.pt written by train [%(default)s]")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="a checkpoint.pt written by train, or a released model in diffusers' layout: a folder or "
+                   "a Hub name such as google/ddpm-cifar10-32 (needs pip install huggingface_hub) [%(default)s]")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not their EMA")
-    p.add_argument("--variance", choices=("fixedlarge", "fixedsmall"), default="fixedlarge",
-                   help="σ_t² = β_t (fixedlarge) or β̃_t (fixedsmall) [%(default)s]")
+    p.add_argument("--variance", choices=("fixedlarge", "fixedsmall"), default=None,
+                   help="σ_t² = β_t (fixedlarge) or β̃_t (fixedsmall); a released model's own (its scheduler "
+                   "config), else [fixedlarge]")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise [%(default)s]")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else cpu), cpu, cuda, cuda:1, mps "
                    "[%(default)s]")
 
 
-def _load(args, device: torch.device) -> tuple:
-    """:func:`ddpm.checkpoint.load_model`, with whatever torch raises on an unreadable file as a ValueError."""
+class _Loaded(NamedTuple):
+    model: object      # an ε-model (any parameterization is wrapped by ddpm.as_eps_model)
+    schedule: object   # the NoiseSchedule it was trained with, on the device
+    variance: str      # σ_t² it is sampled with by default
+    shape: tuple       # [C, H, W]
+    data: str | None   # the data it was trained on, if known
+    data_dir: str | None
+
+
+def _is_pretrained(name: str) -> bool:
+    """A folder in diffusers' layout, or a Hub name such as google/ddpm-cifar10-32 (not a .pt file)."""
+    path = Path(name)
+    return path.is_dir() or (not path.exists() and path.suffix != ".pt" and name.count("/") == 1)
+
+
+def _load(args, device: torch.device) -> _Loaded:
+    """A train checkpoint (:func:`ddpm.checkpoint.load_model`) or a released model in diffusers' layout
+    (:meth:`ddpm.UNet.from_pretrained`), with whatever torch raises on an unreadable file as a ValueError."""
     import pickle
 
     from .checkpoint import load_model
+    from .parameterization import as_eps_model
+    from .schedule import NoiseSchedule
+    from .unet import UNet
+
+    if _is_pretrained(args.checkpoint):
+        try:
+            model = UNet.from_pretrained(args.checkpoint, device)
+        except (ConnectionError, ImportError) as e:
+            raise ValueError(str(e)) from None
+        shape = (model.in_channels, model.image_size, model.image_size)
+        return _Loaded(model, model.schedule.to(device), model.variance, shape, None, None)
     try:
-        return load_model(args.checkpoint, args.ema, device)
+        model, config, shape = load_model(args.checkpoint, args.ema, device)
     except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as e:
         raise ValueError(f"cannot read {args.checkpoint} as a ddpm checkpoint ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'})") from None
+    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
+    return _Loaded(as_eps_model(s, model, config.parameterization), s, "fixedlarge", shape, config.data,
+                   config.data_dir)
 
 
 def _writable_folder(folder: Path, flag: str, path) -> None:
@@ -238,21 +272,20 @@ def _run_sample(args) -> int:
     from . import sampling
     from .batches import step_seed
     from .levels import to_uint8
-    from .schedule import NoiseSchedule
 
     n_all, size = args.num_samples, args.batch_size
     if n_all < 1 or size < 1:
         raise ValueError(f"--num-samples and --batch-size must be at least 1, got {n_all} and {size}")
     out, npy, folder = _check_outputs(args)
     device = _device(args.device)
-    model, config, shape = _load(args, device)
-    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
+    model, s, variance, shape, _, _ = _load(args, device)
+    variance = args.variance or variance
     files, complete = _SampleFiles(out, npy, folder, n_all, shape), False
     try:
         with tqdm(total=n_all, unit="img", desc="sample") as bar:
             for k, first in enumerate(range(0, n_all, size)):
                 g = torch.Generator(device).manual_seed(step_seed(args.seed, k))  # from --seed and k only
-                x = sampling.sample(s, model, (min(size, n_all - first), *shape), args.variance, generator=g,
+                x = sampling.sample(s, model, (min(size, n_all - first), *shape), variance, generator=g,
                                     device=device, progress=True)
                 if not torch.isfinite(x).all():
                     raise FloatingPointError(f"the samples of batch {k} are not finite (NaN or Inf), so they were "
@@ -288,20 +321,22 @@ def _save_grid(x_uint8: torch.Tensor, path: Path) -> None:
 def _run_evaluate(args) -> int:
     from . import evaluate
     from .data import get_dataset
-    from .schedule import NoiseSchedule
 
     if args.num_images < 2:
         raise ValueError(f"--num-images must be at least 2 (for a standard error), got {args.num_images}")
     device = _device(args.device)
-    model, config, shape = _load(args, device)
-    data = get_dataset(args.data or config.data, args.split, args.data_dir or config.data_dir, shape[-1])
+    model, s, variance, shape, trained_on, trained_dir = _load(args, device)
+    name = args.data or trained_on
+    if name is None:
+        raise ValueError(f"{args.checkpoint} does not say what it was trained on: pass --data (e.g. cifar10) "
+                         "and --data-dir")
+    data = get_dataset(name, args.split, args.data_dir or trained_dir, shape[-1])
     n = min(args.num_images, len(data))
     x0 = torch.stack([data[i] for i in range(n)]).to(device)
-    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
     g = torch.Generator(device).manual_seed(args.seed)
-    result = evaluate.bits_per_dim(s, model, x0, args.variance, batch_size=args.batch_size, generator=g,
+    result = evaluate.bits_per_dim(s, model, x0, args.variance or variance, batch_size=args.batch_size, generator=g,
                                    progress=True)
-    print(f"bits/dim on {n} {args.split} images of {args.data or config.data} (mean ± standard error):")
+    print(f"bits/dim on {n} {args.split} images of {name} (mean ± standard error):")
     for name, part in [("total", result.total), ("L_T", result.prior), ("sum L_(t-1), t>=2", result.diffusion),
                        ("L_0", result.decoder)]:
         print(f"  {name:<18} {part.mean:.5g} ± {part.se:.2g}")

@@ -294,3 +294,20 @@ def test_ctrl_c_stops_evaluate_with_one_line_and_exit_130(ckpt, capsys, monkeypa
     monkeypatch.setattr("ddpm.evaluate.bits_per_dim", interrupted)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--num-images", "4"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_sample_and_evaluate_take_a_released_model_folder(tmp_path, capsys):
+    """A folder in diffusers' layout (as google/ddpm-cifar10-32 is on the Hub) works wherever a checkpoint
+    does: its own schedule (T=20 here) and variance come with it, and evaluate asks for --data."""
+    import ddpm
+    torch.manual_seed(0)
+    model = ddpm.UNet.preset("tiny", in_channels=1, image_size=8, downsample_padding="tf_same", t_offset=1)
+    folder = ddpm.save_pretrained(model, tmp_path / "released", ddpm.NoiseSchedule.linear(20), "fixedsmall")
+    npy = tmp_path / "x.npy"
+    assert main(["sample", "--checkpoint", str(folder), "--num-samples", "3", "--out", str(tmp_path / "x.png"),
+                 "--npy", str(npy)]) == 0
+    assert np.load(npy).shape == (3, 1, 8, 8)
+    assert main(["evaluate", "--checkpoint", str(folder), "--data", "digits", "--num-images", "4"]) == 0
+    assert "bits/dim on 4 test images of digits" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(folder), "--num-images", "4"]) == 2
+    assert "pass --data" in one_line_error(capsys.readouterr().err)
