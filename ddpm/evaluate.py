@@ -46,12 +46,13 @@ def _estimate(x: Tensor) -> Estimate:
 
 @contextmanager
 def _inference(model):
-    """No gradients and, for an nn.Module, eval mode (dropout off) until the block ends."""
+    """No gradients, no autocast (the bound is scored in float32/float64 even inside a caller's bf16
+    block) and, for an nn.Module, eval mode (dropout off) until the block ends."""
     was_training = isinstance(model, nn.Module) and model.training
     if was_training:
         model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
             yield
     finally:
         if was_training:

@@ -78,3 +78,14 @@ def test_prior_term_of_the_paper_schedule_is_about_1e_5_bits_per_dim(gen):
     images = GRID[torch.randint(0, 256, (8, 3, 16, 16), generator=gen)]
     bpd = ddpm.prior_bpd(s, images)
     assert bpd.shape == (8,) and ((bpd > 1e-6) & (bpd < 3e-5)).all()
+
+
+def test_prior_term_of_float32_images_is_computed_in_float64():
+    s = NoiseSchedule.linear()
+    x = torch.tensor([[1.0, -1.0, 0.0, 0.5]])
+    # per dimension, KL(N(sqrt(ab) x, 1 - ab) || N(0, 1)) = (ab x^2 - ab - log(1 - ab)) / 2 nats
+    ab = math.prod(1 - b for b in torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64).tolist())
+    nats = [(ab * v * v - ab - math.log1p(-ab)) / 2 for v in x[0].tolist()]
+    expected = sum(nats) / len(nats) / math.log(2)
+    got = ddpm.prior_bpd(s, x)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(expected, rel=1e-9)
