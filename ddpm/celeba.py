@@ -192,7 +192,7 @@ class _Decoded(Dataset):
 
 
 def preprocess_celeba(root, out_path, split: str = "train", image_size: int = 64, crop: str = "ddim",
-                      workers: int = min(8, os.cpu_count() or 1)) -> Path:
+                      workers: int = min(8, os.cpu_count() or 1), progress: bool = True) -> Path:
     """Crop and resize one CelebA split once, into a uint8 array [N, 3, S, S] saved as ``.npy``.
 
     ``out_path`` is a folder, where the file is named ``celeba{S}_{crop}_{split}.npy``, or a ``.npy`` path
@@ -220,7 +220,8 @@ def preprocess_celeba(root, out_path, split: str = "train", image_size: int = 64
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         loader = DataLoader(_Decoded(celeba), batch_size=256, num_workers=workers)
         start = 0
-        for batch, reasons in tqdm(loader, desc=f"CelebA {split} -> {out_path.name}", unit="batch"):
+        for batch, reasons in tqdm(loader, desc=f"CelebA {split} -> {out_path.name}", unit="batch",
+                                   disable=not progress):
             array[start:start + len(batch)] = batch.numpy()
             problems += [(celeba.files[start + j], why) for j, why in enumerate(reasons) if why]
             start += len(batch)
