@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import ddpm
 from ddpm import UNet
+from ddpm.config import native_bf16
 
 # name -> (UNet preset, overrides): the paper's CIFAR-10 network, and the "tiny" preset at 32x32 RGB.
 SIZES = {"cifar10": ("cifar10", {}), "celeba64": ("celeba64", {}),
@@ -71,11 +72,14 @@ class Contender:
 
 def policy(args, dev) -> dict:
     """How each library's users run it: on a GPU bf16 autocast for all, and ours with torch.compile and
-    channels_last (the defaults of ddpm.train); on a CPU float32 and eager. --amp/--compile/--channels-last
-    override this (compile and channels_last apply to ours), e.g. to smoke-test the GPU wiring on a CPU."""
+    channels_last (the defaults of ddpm.train); on a CPU the peers in float32 and eager, and ours as
+    ddpm.train runs it: bf16 autocast where the CPU computes bf16 natively ("amp_ours"). --amp on/off sets
+    every network alike (the like-for-like comparison); --compile/--channels-last apply to ours."""
     auto = dev.type == "cuda"
-    return {k: auto if getattr(args, k) == "auto" else getattr(args, k) == "on"
-            for k in ("amp", "compile", "channels_last")}
+    pol = {k: auto if getattr(args, k) == "auto" else getattr(args, k) == "on"
+           for k in ("amp", "compile", "channels_last")}
+    pol["amp_ours"] = native_bf16(dev) if args.amp == "auto" else pol["amp"]
+    return pol
 
 
 def diffusers_unet(c: dict) -> nn.Module:
@@ -119,7 +123,7 @@ def build(size: str, dev, pol: dict, only: str | None = None) -> list[Contender]
             eager = model
         fn = torch.compile(model) if name == "ours" and pol["compile"] else eager
         opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=dev.type == "cuda" or None)
-        out.append(Contender(name, model, fn, eager, opt, pol["amp"], cl))
+        out.append(Contender(name, model, fn, eager, opt, pol["amp_ours"] if mine else pol["amp"], cl))
     return out
 
 
@@ -287,7 +291,10 @@ def bench_sampling(args, dev, pol: dict) -> dict:
 
 def environment(dev) -> dict:
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    flags = re.search(r"flags\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     env = {"cpu": cpu.group(1) if cpu else platform.processor(), "cores": os.cpu_count(),
+           "bf16_flags": sorted(f for f in (flags.group(1).split() if flags else [])
+                                if f in ("avx512_bf16", "amx_bf16", "amx_tile")),
            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
            "versions": {"python": platform.python_version(), "torch": torch.__version__,
                         "diffusers": version("diffusers"), "denoising-diffusion-pytorch": version("denoising-diffusion-pytorch"),
@@ -351,7 +358,8 @@ def main(argv=None) -> dict:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     for flag, what in (("amp", "bf16 autocast for every network"), ("compile", "torch.compile of ours"),
                        ("channels-last", "channels_last memory format for ours")):
-        p.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=f"{what} (auto: on with CUDA)")
+        p.add_argument(f"--{flag}", choices=("auto", "on", "off"), default="auto", help=f"{what} (auto: on with CUDA"
+                       + ("; on a CPU, ours as ddpm.train runs it: bf16 where native)" if flag == "amp" else ")"))
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the accelerator's dense bf16 peak (H100/H200 SXM: 989)")
     p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's choice, usually the cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
