@@ -128,7 +128,10 @@ def test_checked_outputs_exist_and_are_not_random(chapter):
 
 def test_every_citation_is_in_the_bibliography():
     bib = (BOOK / "references.bib").read_text(encoding="utf-8")
-    known = set(re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", bib))
+    keys = re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", bib)
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    assert not repeated, f"repeated in book/references.bib (pybtex then drops later entries): {repeated}"
+    known = set(keys)
     missing = {f"{page}: {key.strip()}" for page, text in book_texts().items()
                for group in CITE.findall(text) for key in group.split(",") if key.strip() not in known}
     assert not missing, f"cited but not in book/references.bib: {sorted(missing)}"
