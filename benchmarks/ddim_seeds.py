@@ -24,7 +24,8 @@ N_STEPS = (5, 10, 20, 50, 200)
 def one_seed(seed: int, steps: int = 400, n_fd: int = 64) -> dict:
     s = ddpm.NoiseSchedule.linear(T=1000, beta_1=1e-4, beta_T=0.02)
     with tempfile.TemporaryDirectory() as tmp:
-        config = ddpm.TrainConfig(data="digits", steps=steps, batch_size=64, seed=seed, out_dir=tmp,
+        config = ddpm.TrainConfig(data="digits", steps=steps, batch_size=64, lr=2e-4, seed=seed,
+                                  out_dir=tmp,
                                   sample_every=0, checkpoint_every=steps)
         model = train(config, progress=False).ema.eval()
     test = ddpm.digits("test")

@@ -30,7 +30,7 @@ def one_seed(seed: int, steps: int, batch: int, n_bpd: int, n_fd: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (param, loss) in CELLS.items():
             config = ddpm.TrainConfig(data="digits", loss=loss, parameterization=param, steps=steps,
-                                      batch_size=batch, seed=seed, out_dir=f"{tmp}/{param}-{loss}",
+                                      batch_size=batch, lr=2e-4, seed=seed, out_dir=f"{tmp}/{param}-{loss}",
                                       sample_every=0, checkpoint_every=steps)
             models[name] = ddpm.as_eps_model(s, train(config, progress=False).ema.eval(), param)
     train_s = time.perf_counter() - tick

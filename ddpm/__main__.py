@@ -1,6 +1,6 @@
 """The command line: ``python -m ddpm train | sample | evaluate`` (each with ``--help``).
 
-    python -m ddpm train --data digits                          # a CPU, a few minutes
+    python -m ddpm train --data digits                          # a CPU, about 3 minutes
     python -m ddpm train --data celeba --data-dir DIR           # a GPU; torchrun --nproc_per_node N for several
     python -m ddpm sample --checkpoint runs/ddpm/checkpoint.pt  # a PNG grid from the EMA weights
     python -m ddpm sample --num-samples 50000 --out-dir DIR --npy x.npy   # in batches, for FID
