@@ -16,10 +16,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 # The chapters execute two at a time, one torch thread each, into a fresh jupyter-cache that the build
 # then reads (execute_notebooks: cache): never stale, and about half the time of a serial execution.
+# They are added longest first, each long one paired with a short one (tests/chapter_times.py), so that
+# the two processes finish together.
 CACHE := _build/.jupyter_cache
 book: $(STAMP)
 	rm -rf $(CACHE)
-	yes | JUPYTERCACHE=$(CACHE) $(BIN)/jcache notebook add book/[0-9][0-9]_*.ipynb >/dev/null
+	yes | JUPYTERCACHE=$(CACHE) $(BIN)/jcache notebook add \
+		$$($(BIN)/python tests/chapter_times.py book/[0-9][0-9]_*.ipynb) >/dev/null
 	JUPYTERCACHE=$(CACHE) OMP_NUM_THREADS=1 $(BIN)/jcache project execute --executor local-parallel \
 		--timeout 900
 	OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . -W -n --keep-going

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from chapter_times import longest_first, paired, recorded_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -115,6 +116,21 @@ def test_notebook_is_small_and_committed_executed_in_quick_mode(chapter):
     assert not errors, f"committed outputs contain an error: {errors[0].ename}: {errors[0].evalue}"
     printed = "".join(o.get("text", "") for o in code[1].outputs if o.output_type == "stream")
     assert "run mode: quick" in printed, "commit the notebook executed in quick mode"
+    # `make book` and `make test` start the long chapters first by these times (tests/chapter_times.py)
+    assert recorded_seconds(chapter) > 0, "commit the notebook with its cells' execution timestamps"
+
+
+def test_chapter_orders_put_the_longest_first_and_pair_it_with_the_shortest(tmp_path):
+    times = {"a": 5, "b": 300, "c": 40, "d": 1, "e": 120}
+    for name, seconds in times.items():
+        cell = {"cell_type": "code", "source": "", "outputs": [], "execution_count": 1, "metadata": {"execution": {
+            "iopub.execute_input": "2026-01-01T00:00:00.000000Z",
+            "shell.execute_reply": f"2026-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}.500000Z"}}}
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps({"cells": [cell, cell]}), encoding="utf-8")
+    paths = sorted(tmp_path.glob("*.ipynb"))
+    assert recorded_seconds(tmp_path / "b.ipynb") == 2 * 300.5
+    assert [p.stem for p in longest_first(paths)] == ["b", "e", "c", "a", "d"]
+    assert [p.stem for p in paired(paths)] == ["b", "d", "e", "a", "c"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
