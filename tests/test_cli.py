@@ -257,8 +257,11 @@ def test_sample_and_evaluate_help_shows_defaults(command, shown, capsys):
 def interrupt(argv: list[str], started, err_file) -> tuple[int, str]:
     """Run ``python -m ddpm ARGV``, send it SIGINT (Ctrl-C) once ``started()`` holds; its exit code and stderr."""
     with open(err_file, "w") as err:  # a file, not a pipe: a full pipe would stall the progress bars
+        # SIGINT back to its default in the child: a shell without job control starts background jobs with
+        # SIGINT ignored, the child would inherit that, and Python then never raises KeyboardInterrupt
         proc = subprocess.Popen([sys.executable, "-m", "ddpm", *argv], stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 600  # generous: the test machine may be busy
         while not started() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
