@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -58,8 +57,8 @@ def trial(name: str, overrides: dict, budget: float, samples: int, seed: int) ->
     import torch
 
     import ddpm
-    from ddpm.classifier import digits_frechet_distance, train_digits_classifier
-    from ddpm.config import build_model, resolve
+    from ddpm.classifier import confidence_and_classes, digits_frechet_distance, train_digits_classifier
+    from ddpm.config import resolve
     from ddpm.train import TrainConfig, train
 
     torch.set_num_threads(1)
@@ -102,11 +101,7 @@ def trial(name: str, overrides: dict, budget: float, samples: int, seed: int) ->
     reference = test[torch.randperm(len(test), generator=g)[:samples]]
     floor = [digits_frechet_distance(train_digits[torch.randperm(len(train_digits), generator=g)[:samples]],
                                      reference, classifier) for _ in range(5)]
-    with torch.no_grad():
-        p = torch.softmax(classifier(x), 1)
-    counts = torch.bincount(p.argmax(1), minlength=10).double()
-    share = counts / counts.sum()
-    entropy = -(share[share > 0] * share[share > 0].log()).sum().item()
+    confidence, classes = confidence_and_classes(classifier, x)
     return {"trial": name, "overrides": {**overrides, **({"width": width} if width else {})}, "seed": seed,
             "budget_s": budget, "steps": steps, "batch_size": result.config.batch_size, "lr": result.config.lr,
             "bf16": result.config.bf16, "params": sum(p.numel() for p in net.parameters()),
@@ -114,8 +109,7 @@ def trial(name: str, overrides: dict, budget: float, samples: int, seed: int) ->
             "sample_s": round(sample_s, 1), "samples": samples,
             "frechet": round(digits_frechet_distance(x, reference, classifier), 2),
             "frechet_train_vs_test": round(sum(floor) / len(floor), 2),
-            "confidence": round(p.max(1).values.mean().item(), 4),
-            "effective_classes": round(math.exp(entropy), 3),
+            "confidence": round(confidence, 4), "effective_classes": round(classes, 3),
             "last_losses": round(sum(result.losses[-50:]) / len(result.losses[-50:]), 4)}
 
 
@@ -145,7 +139,8 @@ def main() -> None:
 
     names = args.only or list(TRIALS)
     work = [(n, TRIALS[n], args.budget, args.samples, seed) for seed in args.seeds for n in names]
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": _cpu_name(), "torch": torch.__version__, "jobs": args.jobs,
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": _cpu_name(),
+            "torch": torch.__version__, "jobs": args.jobs,
             "cpu_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
             "cpu_amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())}
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:

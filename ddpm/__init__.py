@@ -5,8 +5,8 @@ Timesteps are the paper's, t ∈ {1, …, T}, everywhere; index 0 of every sched
 
 from .celeba import CelebA, ImageArray, fake_celeba, preprocess_celeba
 from .checkpoint import load_model
-from .classifier import (DigitsClassifier, FrechetScale, digit_features, digits_frechet_distance,
-                         frechet_reference_scale, train_digits_classifier)
+from .classifier import (DigitsClassifier, FrechetScale, confidence_and_classes, digit_features,
+                         digits_frechet_distance, frechet_reference_scale, train_digits_classifier)
 from .data import TOY_2D, digits, get_dataset, toy_2d
 from .evaluate import (BitsPerDim, Estimate, PairedBitsPerDim, RateDistortion, bits_per_dim, fid, frechet_distance,
                        frechet_distance_gaussian, noise_prediction_metrics, paired_bits_per_dim, rate_distortion)
@@ -39,7 +39,7 @@ __all__ = [
     "TrainConfig", "TrainResult", "NonFiniteLossError", "load_model",
     "BitsPerDim", "Estimate", "RateDistortion", "bits_per_dim", "fid", "frechet_distance", "frechet_distance_gaussian",
     "noise_prediction_metrics", "rate_distortion", "DigitsClassifier", "FrechetScale", "digit_features",
-    "digits_frechet_distance", "frechet_reference_scale", "train_digits_classifier",
+    "digits_frechet_distance", "frechet_reference_scale", "train_digits_classifier", "confidence_and_classes",
     "PairedBitsPerDim", "paired_bits_per_dim", "PARAMETERIZATIONS", "as_eps_model",
     "save_pretrained",
 ]

@@ -120,6 +120,19 @@ def digit_features(classifier, images, batch_size: int = 1024) -> Tensor:
     return torch.cat(out)
 
 
+def confidence_and_classes(classifier, images, batch_size: int = 1024) -> tuple[float, float]:
+    """Two plain readings of digit samples: the classifier's mean confidence (the mean of its largest class
+    probability) and the effective number of classes among its guesses, exp(entropy of their histogram),
+    which is 10 when every digit is guessed equally often. Images are rounded to 256 levels first."""
+    device = next(classifier.parameters()).device
+    with _inference(classifier):
+        p = torch.cat([torch.softmax(classifier(to_model_range(to_uint8(x)).to(device)).double(), 1).cpu()
+                       for x in _batches(images, batch_size)])
+    share = torch.bincount(p.argmax(1), minlength=NUM_CLASSES).double() / len(p)
+    share = share[share > 0]
+    return p.max(1).values.mean().item(), (-(share * share.log()).sum()).exp().item()
+
+
 def digits_frechet_distance(samples, reference, classifier, batch_size: int = 1024) -> float:
     """The Fréchet distance between digit samples and real digits in the features of a
     :class:`ddpm.classifier.DigitsClassifier`: FID's recipe with a small network that sees 8x8 digits.

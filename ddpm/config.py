@@ -35,8 +35,8 @@ class TrainConfig:
                                        "'fixedsmall' (beta-tilde_t)")
     batch_size: int | None = _opt(None, "GLOBAL batch size, divided evenly across torchrun processes "
                                         "(default: the paper's 128; 64 at 256x256)")
-    lr: float | None = _opt(None, "Adam learning rate (default: the paper's 2e-4; 2e-5 at 256x256; 5e-4 for digits); "
-                                  "may change on --resume")
+    lr: float | None = _opt(None, "Adam learning rate (default: the paper's 2e-4; 2e-5 at 256x256; 5e-4 for "
+                                  "digits); may change on --resume")
     warmup: int | None = _opt(None, "steps of linear learning-rate warm-up (paper: 5000; digits: 200); "
                                     "may change on --resume")
     grad_clip: float = _opt(1.0, "clip the gradient's global norm to this (paper: 1.0); may change on --resume")

@@ -25,7 +25,6 @@ def gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-
 def pytest_collection_modifyitems(items):
     """The chapters' Colab-like runs (minutes each) start first, longest first, shared between the two
     halves of the list by their recorded times (each to the half with less so far): ``-n 2 --dist

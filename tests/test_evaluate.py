@@ -11,11 +11,13 @@ import urllib.error
 
 import pytest
 import scipy.linalg
+import scipy.stats
 import torch
 
 import ddpm
 from ddpm import NoiseSchedule
-from ddpm.classifier import digits_frechet_distance, frechet_reference_scale, train_digits_classifier
+from ddpm.classifier import (confidence_and_classes, digits_frechet_distance, frechet_reference_scale,
+                             train_digits_classifier)
 from ddpm.evaluate import (INCEPTION_WEIGHTS, bits_per_dim, fid, frechet_distance, frechet_distance_gaussian,
                            noise_prediction_metrics, rate_distortion)
 from ddpm.likelihood import prior_bpd
@@ -317,6 +319,19 @@ def test_frechet_scale_separates_real_digits_from_noise(classifier, seed):
     assert digits_frechet_distance(real, real, classifier) < 1e-6
     with pytest.raises(ValueError, match=r"\[B, 1, 8, 8\]"):
         digits_frechet_distance(ddpm.digits("test", image_size=16), real, classifier)
+
+
+def test_confidence_and_classes_against_scipy_and_one_class_sets(classifier):
+    x, labels = ddpm.digits("test", return_labels=True)
+    confidence, classes = confidence_and_classes(classifier, x, batch_size=7)
+    with torch.no_grad():
+        p = torch.softmax(classifier(x).double(), 1)
+    counts = torch.bincount(p.argmax(1), minlength=10).numpy()
+    assert confidence == pytest.approx(p.max(1).values.mean().item(), rel=1e-9)
+    assert classes == pytest.approx(math.exp(scipy.stats.entropy(counts)), rel=1e-9)
+    assert 9 < classes <= 10 and confidence > 0.9        # the test split holds all ten digits, ~36 each
+    threes = confidence_and_classes(classifier, x[labels == 3])[1]
+    assert 1 <= threes < 1.5                              # one digit: about one class (98.9% accuracy)
 
 
 # ----------------------------------------------------------------------------------------- FID
