@@ -14,6 +14,17 @@ import math
 import torch
 from torch import Tensor
 
+VARIANCES = ("fixedlarge", "fixedsmall")
+"""The reverse process's fixed variances (§3.2): σ_t² = β_t ("fixedlarge") or β̃_t ("fixedsmall")."""
+
+
+def check_variance(variance: str) -> str:
+    """``variance`` if it names one of :data:`VARIANCES`, else a ValueError that lists them."""
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be 'fixedlarge' (sigma_t^2 = beta_t) or 'fixedsmall' "
+                         f"(sigma_t^2 = beta-tilde_t), got {variance!r}")
+    return variance
+
 
 class NoiseSchedule:
     """β_1..β_T with α_t = 1 − β_t, ᾱ_t = Π α_s and the posterior coefficients of Eq. 7."""
@@ -89,8 +100,7 @@ class NoiseSchedule:
         "fixedlarge" is σ_t² = β_t and "fixedsmall" is σ_t² = β̃_t. At t = 1 both use β̃_2, as the
         original implementation does: β̃_1 = 0 would make the decoder L_0 a point mass.
         """
-        if variance not in ("fixedlarge", "fixedsmall"):
-            raise ValueError(f"variance must be 'fixedlarge' or 'fixedsmall', got {variance!r}")
+        check_variance(variance)
         return getattr(self, f"{variance}_variance")
 
     def _model_variance(self, var: Tensor) -> Tensor:

@@ -114,6 +114,11 @@ class UNet(nn.Module):
     ``UNet.from_pretrained(name_or_path)`` loads the paper's released weights (see :mod:`ddpm.pretrained`).
     """
 
+    # Every preset is the original's exact network: stride-2 convolutions padded as TensorFlow's 'SAME'
+    # ("tf_same") and fed t - 1 (t_offset=1), as the released checkpoints were, so that a network trained
+    # here computes what diffusers computes from the same weights (ddpm.pretrained). Checkpoints written
+    # before 2026-12-04 hold symmetric, t_offset=0 networks; ddpm.checkpoint rebuilds them as they were.
+    ORIGINAL = dict(downsample_padding="tf_same", t_offset=1)
     PRESETS = {
         # Ho et al. 2020, CIFAR-10: 35.7M parameters.
         "cifar10": dict(in_channels=3, image_size=32, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
@@ -136,7 +141,7 @@ class UNet(nn.Module):
         """A named configuration from ``UNet.PRESETS``, with any constructor argument overridden."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown UNet preset {name!r}; choose one of {sorted(cls.PRESETS)}")
-        config = {**cls.PRESETS[name], **overrides}
+        config = {**cls.ORIGINAL, **cls.PRESETS[name], **overrides}
         if name == "tiny" and "attn_resolutions" not in overrides:
             config["attn_resolutions"] = (config["image_size"] // 2 ** (len(config["ch_mult"]) - 1),)
         return cls(**config)
