@@ -21,8 +21,8 @@ VARIANCES = ("fixedlarge", "fixedsmall")
 def check_variance(variance: str) -> str:
     """``variance`` if it names one of :data:`VARIANCES`, else a ValueError that lists them."""
     if variance not in VARIANCES:
-        raise ValueError(f"variance must be 'fixedlarge' (sigma_t^2 = beta_t) or 'fixedsmall' "
-                         f"(sigma_t^2 = beta-tilde_t), got {variance!r}")
+        raise ValueError(f"variance must be 'fixedlarge' or 'fixedsmall' (sigma_t^2 = beta_t or "
+                         f"beta-tilde_t), got {variance!r}")
     return variance
 
 
