@@ -7,7 +7,8 @@ It is written to a temporary file in the same directory, flushed to disk, and re
 one (``os.replace`` is atomic on POSIX and Windows): a run killed during a save leaves the previous
 checkpoint intact and loadable, and :func:`remove_stale_temporaries` clears what the kill left. The
 SHA-256 of its contents is saved with it and checked on load, so flipped bytes are an error, not
-black images. :func:`load_model` rebuilds the trained network from a checkpoint.
+black images. :func:`load_model` rebuilds the trained network from the architecture the checkpoint stores
+(``UNet(**config)``), so a later change of a preset cannot load old weights into another function.
 """
 
 from __future__ import annotations
@@ -195,6 +196,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["torch_cuda"].cpu())
 
 
+def network_config(model) -> dict | None:
+    """What a checkpoint stores to rebuild ``model``: ``UNet(**config)``'s arguments, or None for a network
+    that is not a :class:`ddpm.UNet`."""
+    return dict(model.config) if isinstance(model, UNet) else None
+
+
+def build_network(state: dict, config: TrainConfig, path) -> UNet:
+    """The network a checkpoint's weights belong to, built as it was trained: from the architecture the
+    checkpoint stores (``state["unet"]``), or, for a checkpoint written before it stored one, from its
+    preset as presets were then (symmetric padding, fed t itself)."""
+    if state.get("unet") is not None:
+        return UNet(**state["unet"])
+    if config.model not in UNet.PRESETS:
+        raise ValueError(f"{path} holds a network passed to train() directly (model={config.model!r}) that is "
+                         "not a ddpm.UNet; build that network yourself and "
+                         "load_state_dict(ddpm.checkpoint.load_checkpoint(path)['ema'])")
+    return build_model(config, state["image_shape"][0], downsample_padding="symmetric", t_offset=0)
+
+
 def load_model(path, use_ema: bool = True, device="cpu") -> tuple:
     """(network, config, image shape [C, H, W]) from a checkpoint: the EMA weights unless ``use_ema=False``."""
     state = load_checkpoint(path)
@@ -204,13 +224,10 @@ def load_model(path, use_ema: bool = True, device="cpu") -> tuple:
         unknown = sorted(set(saved) - known) if isinstance(saved, dict) else saved
         raise ValueError(f"{path} has a config this version of ddpm does not know: {unknown}")
     config = TrainConfig(**saved)
-    if config.model not in UNet.PRESETS:
-        raise ValueError(f"{path} holds a network passed to train() directly (model={config.model!r}); build that "
-                         "network yourself and load_state_dict(ddpm.checkpoint.load_checkpoint(path)['ema'])")
-    model = build_model(config, state["image_shape"][0])
+    model = build_network(state, config, path)
     try:
         model.load_state_dict(state["ema" if use_ema else "model"])
     except RuntimeError as e:
-        raise ValueError(f"the weights in {path} do not fit the {config.model!r} UNet its config describes: "
+        raise ValueError(f"the weights in {path} do not fit the UNet it describes: "
                          f"{str(e).splitlines()[0]}") from None
     return model.to(device).eval(), config, tuple(state["image_shape"])

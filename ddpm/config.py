@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 from .parameterization import check_parameterization
+from .schedule import NoiseSchedule, check_variance
 from .unet import UNet
 
 
@@ -20,8 +21,9 @@ def _opt(default, help):
 class TrainConfig:
     """Everything a training run depends on. ``None`` means "the default for this data or device" (see ``resolve``)."""
 
-    data: str = _opt("digits", "'digits', 'celeba' (with data_dir) or the path of a preprocessed .npy array")
-    data_dir: str | None = _opt(None, "the folder that holds CelebA (for data='celeba')")
+    data: str = _opt("digits", "'digits', 'celeba' or 'cifar10' (with data_dir), or the path of a "
+                               "preprocessed .npy array")
+    data_dir: str | None = _opt(None, "the folder that holds CelebA or CIFAR-10 (for data='celeba', 'cifar10')")
     image_size: int | None = _opt(None, "image side in pixels (default: the data's own, 8 for digits, 64 for celeba)")
     model: str | None = _opt(None, "UNet preset: tiny, cifar10, celeba64, celebahq256 (default: by data and size)")
     dropout: float | None = _opt(None, "dropout rate (default: the preset's)")
@@ -42,7 +44,8 @@ class TrainConfig:
     grad_clip: float = _opt(1.0, "clip the gradient's global norm to this (paper: 1.0); may change on --resume")
     ema_decay: float = _opt(0.9999, "EMA decay (paper: 0.9999), reached after a warm-up min(decay, (1+k)/(10+k))")
     flip: bool | None = _opt(None, "random horizontal flips (default: on for photos, off for digits)")
-    steps: int | None = _opt(None, "optimizer steps in total (default: 1500 for digits, 500000 for photos)")
+    steps: int | None = _opt(None, "optimizer steps in total (default: 1500 for digits, the paper's 800000 "
+                                   "for cifar10, 500000 for other photos)")
     log_every: int = _opt(50, "write the losses to log.csv and the progress bar every this many steps")
     sample_every: int | None = _opt(None, "save a grid of EMA samples every this many steps, 0 never "
                                     "(default: 500 digits, 10000 photos)")
@@ -61,6 +64,10 @@ class TrainConfig:
     num_workers: int | None = _opt(None, "DataLoader worker processes, 0 loads in the main process "
                                          "(default: up to 8 with CUDA, else 0)")
 
+    def noise_schedule(self) -> NoiseSchedule:
+        """The run's linear schedule β_1..β_T (the paper's §4), in float64."""
+        return NoiseSchedule.linear(self.T, self.beta_1, self.beta_T)
+
 
 # Defaults that depend on the data. Digits: the recipe that gave the best samples for about three minutes of
 # one CPU core (benchmarks/DIGITS_RECIPE.md): the paper's batch of 128 at 2.5 times its learning rate, which a
@@ -68,11 +75,38 @@ class TrainConfig:
 # Photos: the paper's settings, flipped as the paper flips CIFAR10.
 DIGITS = dict(model="tiny", steps=1500, lr=5e-4, warmup=200, flip=False, sample_every=500, checkpoint_every=500)
 PHOTOS = dict(steps=500_000, warmup=5000, flip=True, sample_every=10_000, checkpoint_every=5_000)
+PHOTOS_CIFAR10 = dict(PHOTOS, steps=800_000)  # the paper's CIFAR10 run (its Appendix B)
 PRESET_FOR_SIZE = {32: "cifar10", 64: "celeba64", 256: "celebahq256"}
 # The paper's optimizer settings: lr 2e-4 and batch 128, except for its 256x256 models (CelebA-HQ, LSUN),
 # which its scripts ran at lr 2e-5 and batch 64 (run_celebahq.py, run_lsun.py).
 PAPER = dict(lr=2e-4, batch_size=128)
 PAPER_256 = dict(lr=2e-5, batch_size=64)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` names ("auto": CUDA if present, else the CPU), if this machine has it; else a
+    ValueError that says what to use instead."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:1, mps, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this machine has no CUDA GPU; use cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked for, but MPS is not available here; use cpu or auto")
+    return device
+
+
+def sampling_variance(config: TrainConfig) -> str:
+    """σ_t² that a run's samples are drawn with: the one it was trained with for loss='vlb'; else σ_t² = β_t,
+    except at 256x256, where the original sampled with β̃_t (its CelebA-HQ and LSUN runs)."""
+    if config.loss == "vlb":
+        return config.variance
+    return "fixedsmall" if (config.image_size or 0) >= 256 else "fixedlarge"
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -92,7 +126,8 @@ def native_bf16(device: torch.device) -> bool:
 def resolve(config: TrainConfig, image_shape, device: torch.device, world_size: int = 1) -> TrainConfig:
     """``config`` with every ``None`` replaced by its default for this data and device, after checks."""
     c, size = config, image_shape[-1]
-    defaults = DIGITS if c.data == "digits" else {**PHOTOS, "model": PRESET_FOR_SIZE.get(size)}
+    defaults = DIGITS if c.data == "digits" else \
+        {**(PHOTOS_CIFAR10 if c.data == "cifar10" else PHOTOS), "model": PRESET_FOR_SIZE.get(size)}
     if c.model is None and defaults["model"] is None:
         raise ValueError(f"no UNet preset for {size}x{size} images; choose one with model= (e.g. 'tiny')")
     cuda = device.type == "cuda"
@@ -119,17 +154,31 @@ def resolve(config: TrainConfig, image_shape, device: torch.device, world_size: 
     if c.loss not in ("simple", "vlb"):
         raise ValueError(f"loss must be 'simple' or 'vlb', got {c.loss!r}")
     check_parameterization(c.parameterization)
-    if c.variance not in ("fixedlarge", "fixedsmall"):
-        raise ValueError(f"variance must be 'fixedlarge' or 'fixedsmall', got {c.variance!r}")
+    check_variance(c.variance)
     if c.model not in UNet.PRESETS and c.model != "custom":
         raise ValueError(f"unknown model preset {c.model!r}; choose one of {sorted(UNet.PRESETS)}")
+    check_preset_fits(c.model, size)
     return c
 
 
-def build_model(config: TrainConfig, channels: int) -> UNet:
+def check_preset_fits(name: str, size: int) -> None:
+    """A ValueError that names the fix when preset ``name`` cannot take size x size images (its attention
+    resolutions are not among those it visits, or the image cannot be halved often enough)."""
+    if name not in UNet.PRESETS or name == "tiny":  # tiny puts its attention wherever the size leads
+        return
+    preset = UNet.PRESETS[name]
+    levels = len(preset["ch_mult"])
+    visits = [size // 2**i for i in range(levels)]
+    if size % 2 ** (levels - 1) or not set(preset["attn_resolutions"]) <= set(visits):
+        raise ValueError(f"model={name!r} is built for {preset['image_size']}x{preset['image_size']} images, "
+                         f"not {size}x{size}; use image_size={preset['image_size']} (--image-size "
+                         f"{preset['image_size']}) or model='tiny' (--model tiny)")
+
+
+def build_model(config: TrainConfig, channels: int, **overrides) -> UNet:
     """The UNet preset ``config.model`` for ``channels`` x image_size² images (with its dropout override)."""
     extra = {} if config.dropout is None else {"dropout": config.dropout}
-    return UNet.preset(config.model, in_channels=channels, image_size=config.image_size, **extra)
+    return UNet.preset(config.model, in_channels=channels, image_size=config.image_size, **extra, **overrides)
 
 
 # What a resumed run must share with its checkpoint: every setting that changes the sequence of weights
