@@ -12,6 +12,7 @@ from .evaluate import (BitsPerDim, Estimate, PairedBitsPerDim, RateDistortion, b
                        frechet_distance_gaussian, noise_prediction_metrics, paired_bits_per_dim, rate_distortion)
 from .forward import naive_chain, q_chain, q_sample, q_step
 from .levels import to_model_range, to_uint8
+from .loading import Loaded, load
 from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
                          bound_term_bpd, prior_bpd, vlb)
 from .losses import eps_mse_weight, l_simple, l_vlb, variance_mismatch, weighted_eps_mse
@@ -41,5 +42,5 @@ __all__ = [
     "noise_prediction_metrics", "rate_distortion", "DigitsClassifier", "FrechetScale", "digit_features",
     "digits_frechet_distance", "frechet_reference_scale", "train_digits_classifier", "confidence_and_classes",
     "PairedBitsPerDim", "paired_bits_per_dim", "PARAMETERIZATIONS", "as_eps_model",
-    "save_pretrained",
+    "save_pretrained", "load", "Loaded",
 ]

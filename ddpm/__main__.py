@@ -1,14 +1,16 @@
-"""The command line: ``python -m ddpm train | sample | evaluate`` (each with ``--help``).
+"""The command line: python -m ddpm train | sample | evaluate | export (each with --help).
 
-    python -m ddpm train --data digits                          # a CPU, about 3 minutes
+    python -m ddpm train --data digits                          # a 2-core CPU, about 5 minutes
     python -m ddpm train --data celeba --data-dir DIR           # a GPU; torchrun --nproc_per_node N for several
-    python -m ddpm sample --checkpoint runs/ddpm/checkpoint.pt  # a PNG grid from the EMA weights
+    python -m ddpm sample --checkpoint runs/ddpm                # a PNG grid from the EMA weights
     python -m ddpm sample --num-samples 50000 --out-dir DIR --npy x.npy   # in batches, for FID
-    python -m ddpm evaluate --checkpoint runs/ddpm/checkpoint.pt --num-images 64   # bits/dim on held-out data
+    python -m ddpm evaluate --checkpoint runs/ddpm --num-images 64        # bits/dim on held-out data
+    python -m ddpm export --checkpoint runs/ddpm --out my-ddpm  # a folder diffusers' DDPMPipeline reads
+    python -m ddpm sample --checkpoint google/ddpm-cifar10-32   # a released model (pip install huggingface_hub)
 
-``train`` takes every field of :class:`ddpm.train.TrainConfig` as a flag, or from ``--config FILE``
-(.json or .toml); flags override the file. Bad input gets a one-line ``error: ...`` and exit code 2,
-a failed run exit code 1, Ctrl-C exit code 130.
+train takes every field of ddpm.TrainConfig as a flag, or from --config FILE (.json or .toml); flags
+override the file. Bad input gets a one-line "error: ..." and exit code 2, a failed run exit code 1,
+Ctrl-C exit code 130.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
-from .train import TrainConfig, train
+from .config import TrainConfig, native_bf16, resolve_device
+from .schedule import VARIANCES
+from .train import train
 
 DEFAULT_CHECKPOINT = str(Path(TrainConfig.out_dir) / "checkpoint.pt")  # where `train` writes by default
 GRID_MAX = 64  # the PNG grid shows at most the first 64 samples
@@ -81,23 +84,6 @@ def read_config_file(path) -> dict:
     return settings
 
 
-def _device(name: str) -> torch.device:
-    """The device ``name`` names ("auto": CUDA if present, else the CPU), if this machine has it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:1, mps, ...") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} but this machine has no CUDA GPU; use --device cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name} but MPS is not available here; use --device cpu or auto")
-    return device
-
-
 # ---------------------------------------------------------------------------------------------- train
 
 def _train_parser(sub) -> None:
@@ -119,7 +105,7 @@ def _run_train(args) -> int:
     settings = read_config_file(args.config) if args.config else {}
     settings.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
     config = TrainConfig(**settings)
-    _device(config.device)  # an unknown or absent device is a usage error, before any work
+    resolve_device(config.device)  # an unknown or absent device is a usage error, before any work
     result = train(config, progress=not args.quiet)
     tail = result.losses[-100:]
     loss = f", mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}" if tail else ""
@@ -131,59 +117,31 @@ def _run_train(args) -> int:
 
 # ------------------------------------------------------------------------------------- sample, evaluate
 
-def _common(p) -> None:
+def _common(p, draws: bool = True) -> None:
+    """The flags of the commands that read a model; ``draws``: those that also draw noise on a device."""
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                   help="a checkpoint.pt written by train, or a released model in diffusers' layout: a folder or "
-                   "a Hub name such as google/ddpm-cifar10-32 (needs pip install huggingface_hub) [%(default)s]")
+                   help="a checkpoint.pt written by train or the run folder that holds it, or a model in "
+                   "diffusers' layout: a folder, or a Hub name such as google/ddpm-cifar10-32 (needs pip install "
+                   "huggingface_hub) [%(default)s]")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not their EMA")
-    p.add_argument("--variance", choices=("fixedlarge", "fixedsmall"), default=None,
-                   help="σ_t² = β_t (fixedlarge) or β̃_t (fixedsmall); a released model's own (its scheduler "
-                   "config), else [fixedlarge]")
+    p.add_argument("--variance", choices=VARIANCES, default=None,
+                   help="σ_t² = β_t (fixedlarge) or β̃_t (fixedsmall) [the model's own: a released model's "
+                   "scheduler config; for a checkpoint, fixedsmall at 256x256, else fixedlarge]")
+    if not draws:
+        return
     p.add_argument("--seed", type=int, default=0, help="seed of the noise [%(default)s]")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else cpu), cpu, cuda, cuda:1, mps "
                    "[%(default)s]")
 
 
-class _Loaded(NamedTuple):
-    model: object      # an ε-model (any parameterization is wrapped by ddpm.as_eps_model)
-    schedule: object   # the NoiseSchedule it was trained with, on the device
-    variance: str      # σ_t² it is sampled with by default
-    shape: tuple       # [C, H, W]
-    data: str | None   # the data it was trained on, if known
-    data_dir: str | None
+def _load(args, device: torch.device):
+    """:func:`ddpm.load` of ``--checkpoint``, with a missing Hub library or network as a usage error."""
+    from .loading import load
 
-
-def _is_pretrained(name: str) -> bool:
-    """A folder in diffusers' layout, or a Hub name such as google/ddpm-cifar10-32 (not a .pt file)."""
-    path = Path(name)
-    return path.is_dir() or (not path.exists() and path.suffix != ".pt" and name.count("/") == 1)
-
-
-def _load(args, device: torch.device) -> _Loaded:
-    """A train checkpoint (:func:`ddpm.checkpoint.load_model`) or a released model in diffusers' layout
-    (:meth:`ddpm.UNet.from_pretrained`), with whatever torch raises on an unreadable file as a ValueError."""
-    import pickle
-
-    from .checkpoint import load_model
-    from .parameterization import as_eps_model
-    from .schedule import NoiseSchedule
-    from .unet import UNet
-
-    if _is_pretrained(args.checkpoint):
-        try:
-            model = UNet.from_pretrained(args.checkpoint, device)
-        except (ConnectionError, ImportError) as e:
-            raise ValueError(str(e)) from None
-        shape = (model.in_channels, model.image_size, model.image_size)
-        return _Loaded(model, model.schedule.to(device), model.variance, shape, None, None)
     try:
-        model, config, shape = load_model(args.checkpoint, args.ema, device)
-    except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"cannot read {args.checkpoint} as a ddpm checkpoint ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'})") from None
-    s = NoiseSchedule.linear(config.T, config.beta_1, config.beta_T).to(device)
-    return _Loaded(as_eps_model(s, model, config.parameterization), s, "fixedlarge", shape, config.data,
-                   config.data_dir)
+        return load(args.checkpoint, device, args.ema)
+    except (ConnectionError, ImportError) as e:
+        raise ValueError(str(e)) from None
 
 
 def _writable_folder(folder: Path, flag: str, path) -> None:
@@ -195,11 +153,22 @@ def _writable_folder(folder: Path, flag: str, path) -> None:
         raise ValueError(f"{flag} {path}: cannot write in {existing}")
 
 
+def default_grid_path(checkpoint) -> Path:
+    """Where ``sample`` writes its grid without --out: beside a checkpoint.pt, inside a run folder or a
+    diffusers folder, and for a Hub name ``owner/name`` as name_samples.png in the current folder."""
+    from .loading import is_hub_name
+
+    path = Path(checkpoint).expanduser()
+    if is_hub_name(checkpoint):
+        return Path(f"{path.name}_samples.png")
+    return (path if path.is_dir() else path.parent) / "samples.png"
+
+
 def _check_outputs(args) -> tuple[Path, Path | None, Path | None]:
     """The grid PNG, the .npy and the PNG folder of ``sample``, checked before any sampling (nothing is created)."""
     from PIL import Image
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "samples.png"
+    out = Path(args.out) if args.out else default_grid_path(args.checkpoint)
     npy, folder = (Path(p) if p else None for p in (args.npy, args.out_dir))
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file name such as {out / 'samples.png'}")
@@ -233,6 +202,8 @@ class _SampleFiles:
         import numpy as np
         from PIL import Image
 
+        from .levels import save_grid
+
         first, n = self.done, len(x)
         if self.npy is not None:
             if self.array is None:
@@ -249,7 +220,7 @@ class _SampleFiles:
         if first < self.n_grid:
             self.grid.append(x[:self.n_grid - first])
             if first + n >= self.n_grid:
-                _save_grid(torch.cat(self.grid), self.out)
+                save_grid(torch.cat(self.grid), self.out)
         self.done += n
 
     def written(self) -> list[str]:
@@ -277,16 +248,17 @@ def _run_sample(args) -> int:
     if n_all < 1 or size < 1:
         raise ValueError(f"--num-samples and --batch-size must be at least 1, got {n_all} and {size}")
     out, npy, folder = _check_outputs(args)
-    device = _device(args.device)
-    model, s, variance, shape, _, _ = _load(args, device)
-    variance = args.variance or variance
+    device = resolve_device(args.device)
+    loaded = _load(args, device)
+    model, s, shape, variance = loaded.model, loaded.schedule, loaded.shape, args.variance or loaded.variance
+    bf16 = native_bf16(device) if args.bf16 is None else args.bf16
     files, complete = _SampleFiles(out, npy, folder, n_all, shape), False
     try:
         with tqdm(total=n_all, unit="img", desc="sample") as bar:
             for k, first in enumerate(range(0, n_all, size)):
                 g = torch.Generator(device).manual_seed(step_seed(args.seed, k))  # from --seed and k only
                 x = sampling.sample(s, model, (min(size, n_all - first), *shape), variance, generator=g,
-                                    device=device, progress=True)
+                                    device=device, progress=True, bf16=bf16)
                 if not torch.isfinite(x).all():
                     raise FloatingPointError(f"the samples of batch {k} are not finite (NaN or Inf), so they were "
                                              f"not written: {args.checkpoint}'s weights are not usable")
@@ -311,26 +283,20 @@ def _run_sample(args) -> int:
     return 0
 
 
-def _save_grid(x_uint8: torch.Tensor, path: Path) -> None:
-    from torchvision.utils import save_image  # here: importing torchvision takes seconds
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x_uint8.float() / 255, path, nrow=math.ceil(math.sqrt(len(x_uint8))))
-
-
 def _run_evaluate(args) -> int:
     from . import evaluate
     from .data import get_dataset
 
     if args.num_images < 2:
         raise ValueError(f"--num-images must be at least 2 (for a standard error), got {args.num_images}")
-    device = _device(args.device)
-    model, s, variance, shape, trained_on, trained_dir = _load(args, device)
-    name = args.data or trained_on
+    device = resolve_device(args.device)
+    loaded = _load(args, device)
+    model, s, variance, shape, config = loaded.model, loaded.schedule, loaded.variance, loaded.shape, loaded.config
+    name = args.data or (config.data if config else None)
     if name is None:
-        raise ValueError(f"{args.checkpoint} does not say what it was trained on: pass --data (e.g. cifar10) "
-                         "and --data-dir")
-    data = get_dataset(name, args.split, args.data_dir or trained_dir, shape[-1])
+        raise ValueError(f"{args.checkpoint} does not say what it was trained on: pass --data (digits, celeba, "
+                         "cifar10 or the path of a .npy array; celeba and cifar10 also need --data-dir)")
+    data = get_dataset(name, args.split, args.data_dir or (config.data_dir if config else None), shape[-1])
     n = min(args.num_images, len(data))
     x0 = torch.stack([data[i] for i in range(n)]).to(device)
     g = torch.Generator(device).manual_seed(args.seed)
@@ -343,10 +309,24 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _run_export(args) -> int:
+    from .pretrained import save_pretrained
+
+    loaded = _load(args, torch.device("cpu"))
+    if loaded.parameterization != "eps":
+        raise ValueError(f"{args.checkpoint}'s network outputs {loaded.parameterization!r}, not the noise: "
+                         "diffusers' DDPMPipeline samples networks that predict eps (parameterization='eps')")
+    folder = save_pretrained(loaded.network, args.out, loaded.schedule.to("cpu"), args.variance or loaded.variance)
+    print(f"wrote {folder}: a diffusers pipeline folder (model_index.json, unet/, scheduler/); load it with "
+          f"diffusers.DDPMPipeline.from_pretrained({str(folder)!r}) or ddpm.load({str(folder)!r})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ddpm", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate}")
+    invoked = Path(sys.argv[0]).name if sys.argv else ""
+    p = argparse.ArgumentParser(prog="ddpm" if invoked == "ddpm" else "python -m ddpm",  # the console script
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate,export}")
     _train_parser(sub)
     ps = sub.add_parser("sample", help="draw samples from a checkpoint (Algorithm 2) into a PNG grid, PNGs, a .npy",
                         description="Algorithm 2 with a trained network, batch by batch; each batch is written "
@@ -359,6 +339,9 @@ def parser() -> argparse.ArgumentParser:
                     "checkpoint]")
     ps.add_argument("--out-dir", help="also write every sample as a PNG into this folder: 000000.png, ...")
     ps.add_argument("--npy", help="also write every sample into this uint8 .npy array [N, C, H, W]")
+    ps.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="run the network in bfloat16 autocast, the step's math in float32 [on where the device "
+                    "computes bf16 natively]")
     ps.set_defaults(run=_run_sample)
     pe = sub.add_parser("evaluate", help="bits/dim of held-out images: L_T, sum of L_(t-1), L_0 and their total",
                         description="The variational bound (Eq. 5) in bits/dim on the first N held-out images, "
@@ -370,6 +353,14 @@ def parser() -> argparse.ArgumentParser:
     pe.add_argument("--data-dir", help="where the data is [the checkpoint's]")
     pe.add_argument("--batch-size", type=int, default=256, help="(image, t) pairs per network call [%(default)s]")
     pe.set_defaults(run=_run_evaluate)
+    px = sub.add_parser("export", help="write a checkpoint as a diffusers pipeline folder (DDPMPipeline reads it)",
+                        description="Write a trained network, its noise schedule and its sampling variance in "
+                        "diffusers' layout: model_index.json, unet/ (config.json, safetensors weights), scheduler/. "
+                        "diffusers' UNet2DModel then computes at its timestep k = t - 1 what ddpm computes at the "
+                        "paper's t. Defaults are in [brackets].")
+    _common(px, draws=False)
+    px.add_argument("--out", required=True, help="the folder to write (replaced whole if it holds a pipeline)")
+    px.set_defaults(run=_run_export)
     return p
 
 
@@ -383,7 +374,7 @@ def main(argv=None) -> int:
     except FloatingPointError as e:  # a loss or samples stopped being finite (NonFiniteLossError included)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as e:  # bad input: say what and how to fix it
+    except (ValueError, FileNotFoundError, ImportError) as e:  # bad input: say what and how to fix it
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the run failed on the file system (a full disk, an unreadable image)

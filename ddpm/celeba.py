@@ -27,7 +27,7 @@ CELEBA_SIZE = (178, 218)  # width, height of the aligned images (img_align_celeb
 CELEBA_CROPS = {"ddim": (25, 57, 153, 185), "ncsnv2": (19, 39, 159, 179)}
 CELEBA_CROP = CELEBA_CROPS["ddim"]  # the default crop
 
-_GET_CELEBA = (
+GET_CELEBA = (
     "CelebA is not downloaded by this package. Get the aligned images and the partition file either with "
     "torchvision (`torchvision.datasets.CelebA(root, download=True)`, from Google Drive; it creates "
     "<root>/celeba/) or from Kaggle (the data set 'jessicali9530/celeba-dataset', unzipped into <root>), "
@@ -43,11 +43,10 @@ def _find_celeba(root: Path) -> tuple[Path, Path]:
                 if (base / partition).is_file() and (base / images).is_dir():
                     return base / images, base / partition
     raise FileNotFoundError(
-        f"no CelebA found under {root}. Expected one of:\n"
-        f"  torchvision: {root}/celeba/img_align_celeba/*.jpg and {root}/celeba/list_eval_partition.txt "
-        f"(root may also be the celeba/ folder itself)\n"
-        f"  Kaggle:      {root}/img_align_celeba/img_align_celeba/*.jpg (or one img_align_celeba level) "
-        f"and {root}/list_eval_partition.csv\n" + _GET_CELEBA)
+        f"no CelebA found under {root}: expected torchvision's layout ({root}/celeba/img_align_celeba/*.jpg "
+        f"and {root}/celeba/list_eval_partition.txt; root may also be the celeba/ folder itself) or Kaggle's "
+        f"({root}/img_align_celeba/img_align_celeba/*.jpg, or one img_align_celeba level, and "
+        f"{root}/list_eval_partition.csv). " + GET_CELEBA)
 
 
 def _read_partition(path: Path, split: str) -> list[str]:
@@ -131,7 +130,7 @@ class CelebA(Dataset):
         if not self.files:
             raise ValueError(f"{self.partition_file} lists no images for split {split!r} (code {SPLITS[split]})")
         if not self.files[0].is_file():
-            raise FileNotFoundError(f"{self.files[0]} is listed in {self.partition_file} but missing. " + _GET_CELEBA)
+            raise FileNotFoundError(f"{self.files[0]} is listed in {self.partition_file} but missing. " + GET_CELEBA)
         self.split, self.image_size, self.crop, self.box = split, image_size, crop, box
         self.flip = split == "train" if flip is None else flip
         if verify:
@@ -248,7 +247,11 @@ class ImageArray(Dataset):
         self.path, self.flip = Path(path).expanduser(), flip
         if not self.path.is_file():
             raise FileNotFoundError(f"no image array at {self.path}; make one with ddpm.preprocess_celeba")
-        array = np.load(self.path, mmap_mode="r")
+        try:
+            array = np.load(self.path, mmap_mode="r")  # allow_pickle stays False: a file cannot run code
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{self.path} is not a .npy array of images ({type(e).__name__}); make one with "
+                             "ddpm.preprocess_celeba, or np.save a uint8 array [N, C, H, W]") from None
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] not in (1, 3):
             raise ValueError(f"{self.path} must hold uint8 images [N, C, H, W] with C = 1 or 3, "
                              f"got {array.dtype} {array.shape}")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .celeba import _GET_CELEBA, CELEBA_CROPS, CelebA, ImageArray
+from .celeba import GET_CELEBA, CELEBA_CROPS, CelebA, ImageArray
 from .cifar10 import CIFAR10
 from .levels import to_model_range
 
@@ -144,7 +144,7 @@ def get_dataset(name: str, split: str = "train", data_dir=None, image_size: int 
     if name == "digits":
         return _Images(digits(split, image_size or 8))
     if name in ("celeba", "cifar10") and data_dir is None:
-        holds = "CelebA. " + _GET_CELEBA if name == "celeba" else "CIFAR-10, or receives it (torchvision downloads it)"
+        holds = "CelebA. " + GET_CELEBA if name == "celeba" else "CIFAR-10, or receives it (torchvision downloads it)"
         raise ValueError(f"get_dataset({name!r}) needs data_dir, the folder that holds {holds}")
     if crop is not None and crop not in CELEBA_CROPS:
         raise ValueError(f"crop must be one of {tuple(CELEBA_CROPS)}, got {crop!r}")

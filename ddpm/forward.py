@@ -8,7 +8,7 @@ from torch import Tensor
 from .schedule import NoiseSchedule
 
 
-def _check_same_shape(a: Tensor, b: Tensor, a_name: str, b_name: str) -> None:
+def check_same_shape(a: Tensor, b: Tensor, a_name: str, b_name: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{b_name} has shape {tuple(b.shape)} but {a_name} has shape {tuple(a.shape)}; "
                          "they must be equal")
@@ -17,14 +17,14 @@ def _check_same_shape(a: Tensor, b: Tensor, a_name: str, b_name: str) -> None:
 def q_step(s: NoiseSchedule, x_prev: Tensor, t, noise: Tensor) -> Tensor:
     """Eq. 2: one step x_t = √(1 − β_t) x_(t-1) + √β_t ε of q(x_t | x_(t-1))."""
     t = s.checked(t)
-    _check_same_shape(x_prev, noise, "x_prev", "noise")
+    check_same_shape(x_prev, noise, "x_prev", "noise")
     return s.at("sqrt_alphas", t, x_prev) * x_prev + s.at("sqrt_betas", t, x_prev) * noise
 
 
 def q_sample(s: NoiseSchedule, x0: Tensor, t, noise: Tensor) -> Tensor:
     """Eq. 4: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a draw from q(x_t | x_0) in one step."""
     t = s.checked(t)
-    _check_same_shape(x0, noise, "x0", "noise")
+    check_same_shape(x0, noise, "x0", "noise")
     return s.at("sqrt_alpha_bars", t, x0) * x0 + s.at("sqrt_one_minus_alpha_bars", t, x0) * noise
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .forward import _check_same_shape
+from .forward import check_same_shape
 from .schedule import NoiseSchedule, extract
 
 
@@ -14,7 +14,7 @@ def q_posterior(s: NoiseSchedule, x0: Tensor, xt: Tensor, t) -> tuple[Tensor, Te
     The variance comes back shaped to broadcast against x0 (it depends on t only).
     """
     t = s.checked(t)
-    _check_same_shape(x0, xt, "x0", "xt")
+    check_same_shape(x0, xt, "x0", "xt")
     mean = s.at("posterior_mean_coef1", t, xt) * x0 + s.at("posterior_mean_coef2", t, xt) * xt
     return mean, extract(s.posterior_variance, t, xt)
 
@@ -22,12 +22,12 @@ def q_posterior(s: NoiseSchedule, x0: Tensor, xt: Tensor, t) -> tuple[Tensor, Te
 def predict_x0_from_eps(s: NoiseSchedule, xt: Tensor, t, eps: Tensor) -> Tensor:
     """Eq. 4 solved for x_0: x_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t."""
     t = s.checked(t)
-    _check_same_shape(xt, eps, "xt", "eps")
+    check_same_shape(xt, eps, "xt", "eps")
     return s.at("sqrt_recip_alpha_bars", t, xt) * xt - s.at("sqrt_recipm1_alpha_bars", t, xt) * eps
 
 
 def predict_eps_from_x0(s: NoiseSchedule, xt: Tensor, t, x0: Tensor) -> Tensor:
     """Eq. 4 solved for ε: ε = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t)."""
     t = s.checked(t)
-    _check_same_shape(xt, x0, "xt", "x0")
+    check_same_shape(xt, x0, "xt", "x0")
     return (xt - s.at("sqrt_alpha_bars", t, xt) * x0) / s.at("sqrt_one_minus_alpha_bars", t, xt)
