@@ -207,7 +207,11 @@ def build_network(state: dict, config: TrainConfig, path) -> UNet:
     checkpoint stores (``state["unet"]``), or, for a checkpoint written before it stored one, from its
     preset as presets were then (symmetric padding, fed t itself)."""
     if state.get("unet") is not None:
-        return UNet(**state["unet"])
+        unet, shape = state["unet"], list(state["image_shape"])
+        if [unet["in_channels"], unet["image_size"], unet["image_size"]] != shape:
+            raise ValueError(f"{path} is inconsistent: its UNet takes {unet['in_channels']}x{unet['image_size']}x"
+                             f"{unet['image_size']} images, its image shape says {'x'.join(map(str, shape))}")
+        return UNet(**unet)
     if config.model not in UNet.PRESETS:
         raise ValueError(f"{path} holds a network passed to train() directly (model={config.model!r}) that is "
                          "not a ddpm.UNet; build that network yourself and "

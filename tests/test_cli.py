@@ -1,4 +1,5 @@
-"""``python -m ddpm train | sample | evaluate``: help, usage errors (exit code 2), config files, an end-to-end run."""
+"""``python -m ddpm train | sample | evaluate | export``: help, usage errors (exit code 2), config files, an
+end-to-end run, and the way from a trained checkpoint to diffusers."""
 
 import json
 import os
@@ -24,7 +25,8 @@ FAST = ["--T", "20", "--batch-size", "4", "--sample-every", "0", "--quiet"]
 
 @pytest.mark.parametrize("command, flags", [("train", ["--data-dir", "--no-bf16", "--no-compile", "--resume"]),
                                             ("sample", ["--checkpoint", "--npy", "--no-ema"]),
-                                            ("evaluate", ["--checkpoint", "--num-images", "--split"])])
+                                            ("evaluate", ["--checkpoint", "--num-images", "--split"]),
+                                            ("export", ["--checkpoint", "--out", "--no-ema"])])
 def test_every_command_has_help(command, flags, capsys):
     with pytest.raises(SystemExit) as exit:
         main([command, "--help"])
@@ -78,7 +80,7 @@ def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
 
     png, npy = tmp_path / "grid.png", tmp_path / "samples.npy"
     assert main(["sample", "--checkpoint", str(ckpt), "--num-samples", "16", "--out", str(png), "--npy", str(npy)]) == 0
-    assert Image.open(png).size == (4 * (8 + 2) + 2, 4 * (8 + 2) + 2)  # 4x4 tiles of 8x8 with 2-pixel padding
+    assert Image.open(png).size == (4 * (64 + 2) + 2,) * 2  # 4x4 tiles of 8x8 scaled to 64, 2-pixel padding
     samples = np.load(npy)
     assert samples.shape == (16, 1, 8, 8) and samples.dtype == np.uint8
 
@@ -95,7 +97,7 @@ def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
     state = load_checkpoint(ckpt)
     save_checkpoint({**state, "image_shape": [3, 8, 8]}, tmp_path / "other.pt")  # a config its weights do not fit
     assert main(["sample", "--checkpoint", str(tmp_path / "other.pt")]) == 2
-    assert "do not fit the 'tiny' UNet" in capsys.readouterr().err
+    assert "its UNet takes 1x8x8 images, its image shape says 3x8x8" in capsys.readouterr().err
 
 
 def test_celeba_trains_from_either_layout_on_a_generated_stand_in(tmp_path):
@@ -181,7 +183,7 @@ def test_sample_draws_in_batches_and_writes_as_it_goes(ckpt, tmp_path, capsys, m
         assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.png" for i in range(n)]
         for i in (0, n - 1):
             assert np.array_equal(np.asarray(Image.open(folder / f"{i:06d}.png")), runs[n][i, 0])
-        assert Image.open(png).size == (8 * (8 + 2) + 2,) * 2  # the grid shows the first 64 only
+        assert Image.open(png).size == (8 * (64 + 2) + 2,) * 2  # the grid shows the first 64 only
         assert f"{n}/{n}" in capsys.readouterr().err  # one bar over all the images
     assert sizes == [32, 32, 6, 32, 32]
     assert np.array_equal(runs[70][:64], runs[64])  # batch k's seed depends on --seed and k only
@@ -299,18 +301,99 @@ def test_ctrl_c_stops_evaluate_with_one_line_and_exit_130(ckpt, capsys, monkeypa
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
 
 
-def test_sample_and_evaluate_take_a_released_model_folder(tmp_path, capsys):
+def test_sample_and_evaluate_take_a_released_model_folder(tmp_path, capsys, monkeypatch):
     """A folder in diffusers' layout (as google/ddpm-cifar10-32 is on the Hub) works wherever a checkpoint
-    does: its own schedule (T=20 here) and variance come with it, and evaluate asks for --data."""
+    does: its own schedule (T=20, not the default 1000) and variance (fixedlarge, not the fallback
+    fixedsmall of a folder without a scheduler) come with it, and evaluate asks for --data."""
     import ddpm
+    import ddpm.evaluate
+    import ddpm.sampling
     torch.manual_seed(0)
-    model = ddpm.UNet.preset("tiny", in_channels=1, image_size=8, downsample_padding="tf_same", t_offset=1)
-    folder = ddpm.save_pretrained(model, tmp_path / "released", ddpm.NoiseSchedule.linear(20), "fixedsmall")
+    model = ddpm.UNet.preset("tiny", in_channels=1, image_size=8)
+    folder = ddpm.save_pretrained(model, tmp_path / "released", ddpm.NoiseSchedule.linear(20), "fixedlarge")
+    seen = []
+    for module, name in ((ddpm.sampling, "sample"), (ddpm.evaluate, "bits_per_dim")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda s, m, x, v, *a, real=real, **k: seen.append((s.T, v)) or
+                            real(s, m, x, v, *a, **k))
     npy = tmp_path / "x.npy"
     assert main(["sample", "--checkpoint", str(folder), "--num-samples", "3", "--out", str(tmp_path / "x.png"),
                  "--npy", str(npy)]) == 0
     assert np.load(npy).shape == (3, 1, 8, 8)
     assert main(["evaluate", "--checkpoint", str(folder), "--data", "digits", "--num-images", "4"]) == 0
     assert "bits/dim on 4 test images of digits" in capsys.readouterr().out
+    assert seen == [(20, "fixedlarge")] * 2
     assert main(["evaluate", "--checkpoint", str(folder), "--num-images", "4"]) == 2
-    assert "pass --data" in one_line_error(capsys.readouterr().err)
+    assert "pass --data (digits" in one_line_error(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------------- train -> export -> diffusers, issue 16-17
+
+def test_export_computes_what_the_checkpoint_computes_in_ddpm_and_in_diffusers(ckpt, tmp_path, capsys):
+    """The exported folder is the checkpoint in another layout: ``sample`` draws the same uint8 samples from
+    both for the same seed (bit for bit: the same weights in the same network), and diffusers' UNet2DModel
+    gives at its timestep k = t - 1 the ε our network gives at the paper's t, to float32 rounding (the two
+    implementations order their sums differently: 1e-5 of the output's scale)."""
+    diffusers = pytest.importorskip("diffusers")
+    import ddpm
+    folder = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder)]) == 0
+    assert f"wrote {folder}" in capsys.readouterr().out
+    drawn = {}
+    for name, source in (("checkpoint", ckpt), ("folder", folder)):
+        drawn[name] = tmp_path / f"{name}.npy"
+        assert main(["sample", "--checkpoint", str(source), "--num-samples", "6", "--seed", "5", "--no-bf16",
+                     "--out", str(tmp_path / f"{name}.png"), "--npy", str(drawn[name])]) == 0
+    assert np.array_equal(np.load(drawn["checkpoint"]), np.load(drawn["folder"]))
+
+    ours = ddpm.load(ckpt)
+    pipe = diffusers.DDPMPipeline.from_pretrained(folder)
+    assert pipe.scheduler.config.num_train_timesteps == ours.schedule.T == 20
+    assert pipe.scheduler.config.variance_type == "fixed_large" and ours.variance == "fixedlarge"
+    torch.manual_seed(1)
+    x, t = torch.randn(6, 1, 8, 8), torch.tensor([1, 2, 7, 13, 19, 20])
+    with torch.no_grad():
+        mine, theirs = ours.model(x, t), pipe.unet(x, t - 1).sample
+    assert mine.abs().max() > 1e-3  # trained two steps: not the all-zero output of a fresh network
+    assert (mine - theirs).abs().max() <= 1e-5 * mine.abs().max()
+
+
+def test_sample_and_evaluate_take_trains_run_folder(ckpt, tmp_path, capsys):
+    """``--checkpoint RUN_FOLDER`` (train's --out-dir) finds the run's checkpoint.pt, and the grid goes inside."""
+    assert main(["sample", "--checkpoint", str(ckpt.parent), "--num-samples", "2"]) == 0
+    assert f"grid to {ckpt.parent / 'samples.png'}" in capsys.readouterr().out
+    assert (ckpt.parent / "samples.png").is_file()
+
+
+def test_samples_of_a_hub_model_land_in_the_current_folder_under_its_name(tmp_path):
+    from ddpm.__main__ import default_grid_path
+    assert default_grid_path("google/ddpm-cifar10-32") == Path("ddpm-cifar10-32_samples.png")
+    (tmp_path / "released").mkdir()
+    assert default_grid_path(tmp_path / "released") == tmp_path / "released" / "samples.png"
+    assert default_grid_path(tmp_path / "run" / "checkpoint.pt") == tmp_path / "run" / "samples.png"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "digits", "--model", "cifar10"], "--image-size 32"),
+    (["--data", "JUNK"], "is not a .npy array of images"),
+])
+def test_train_usage_errors_name_the_fix(argv, message, tmp_path, capsys):
+    (tmp_path / "junk.npy").write_text("not an array")
+    argv = [str(tmp_path / "junk.npy") if a == "JUNK" else a for a in argv]
+    assert main(["train", *argv, *FAST, "--steps", "1", "--out-dir", str(tmp_path / "run")]) == 2
+    error = one_line_error(capsys.readouterr().err)
+    assert message in error and "allow_pickle" not in error
+
+
+def test_help_names_every_data_set_and_the_console_script_by_its_name(capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "cifar10" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "export" in out
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ddpm"])
+    assert parser().prog == "ddpm"
+    monkeypatch.setattr(sys, "argv", ["/src/ddpm/__main__.py"])
+    assert parser().prog == "python -m ddpm"
