@@ -64,19 +64,157 @@ def test_the_true_bound_is_the_same_for_the_three(gen):
         assert losses["x0"] == pytest.approx(losses["eps"], rel=1e-8)
 
 
-def test_the_full_bound_and_the_samples_are_the_same_for_the_three(seed):
+def test_unclipped_the_full_bound_and_the_samples_are_the_same_for_the_three(seed):
+    """With clip_denoised=False the three are one reverse step (with clipping they differ: the μ̃-network's
+    mean is its output, the others' mean is rebuilt from a clipped x̂_0; see the tests below)."""
     s = NoiseSchedule.linear(T=50, beta_1=1e-3, beta_T=0.3)
     nets = models(s, torch.Generator().manual_seed(seed))
     x0 = grid(torch.Generator().manual_seed(seed), 4)
     results = {}
     for p, net in nets.items():
         model = ddpm.as_eps_model(s, net, p)
-        b = ddpm.vlb(s, model, x0, generator=torch.Generator().manual_seed(seed))
-        x = ddpm.sample(s, model, (8, D), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        b = ddpm.vlb(s, model, x0, clip_denoised=False, generator=torch.Generator().manual_seed(seed))
+        x = ddpm.sample(s, model, (8, D), clip_denoised=False, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64)
         results[p] = b.total_bpd, x
     for p in ("mu", "x0"):
         assert torch.allclose(results[p][0], results["eps"][0], rtol=1e-8), p
         assert torch.allclose(results[p][1], results["eps"][1], rtol=1e-7, atol=1e-9), p
+
+
+def off_range_networks(s, x_star):
+    """An x̂_0 that leaves [-1, 1] wherever the image x_star is at ±1 (x_star + 0.02 sin(9 x_t + t)), as the
+    x_0-, ε- and μ̃-networks that output it, each written out with ᾱ and β (Eqs. 4 and 7), not with the code
+    under test. The μ̃-network is not built from an ε-network, so it sees whether its output is kept."""
+    def at(values, t):
+        return values[t].reshape(-1, 1, 1, 1)
+
+    def x0(x, t):
+        return x_star.repeat(len(x) // len(x_star), 1, 1, 1) + 0.02 * torch.sin(9 * x + t.reshape(-1, 1, 1, 1))
+
+    def eps(x, t):
+        ab = at(s.alpha_bars, t)
+        return (x - ab.sqrt() * x0(x, t)) / (1 - ab).sqrt()
+
+    def mu(x, t):
+        ab, ab_prev, beta = at(s.alpha_bars, t), at(s.alpha_bars, t - 1), at(s.betas, t)
+        return (ab_prev.sqrt() * beta * x0(x, t) + (1 - ab_prev) * (1 - beta).sqrt() * x) / (1 - ab)
+
+    return {"eps": eps, "mu": mu, "x0": x0}
+
+
+def digit_setup(n=8, dtype=torch.float64):
+    s = NoiseSchedule.linear(T=1000)
+    x_star = ddpm.digits("test")[:n].to(dtype)
+    t = torch.tensor([1, 2, 10, 300, 700, 999, 1000, 500])[:n]
+    xt = ddpm.q_sample(s, x_star, t, torch.randn(x_star.shape, generator=torch.Generator().manual_seed(0), dtype=dtype))
+    return s, x_star, t, xt
+
+
+def test_a_mu_network_s_output_is_its_mean_whatever_the_clipping():
+    """The original's "xprev" (diffusion_utils_2.py, p_mean_variance): model_mean = model_output; clipping
+    changes only the reported x̂_0. So the mean is the output bit for bit, and the bound and the samples do
+    not depend on clip_denoised."""
+    s, x_star, t, xt = digit_setup()
+    mu = off_range_networks(s, x_star)["mu"]
+    model = ddpm.as_eps_model(s, mu, "mu")
+    unclipped = ddpm.p_mean_variance(s, model, xt, t, clip_denoised=False).pred_x0
+    assert unclipped.abs().max() > 1.01  # clipping x̂_0 would change the mean here
+    for clip in (True, False):
+        step = ddpm.p_mean_variance(s, model, xt, t, clip_denoised=clip)
+        assert torch.equal(step.mean, mu(xt, t)), clip
+        assert torch.equal(step.pred_x0, unclipped.clamp(-1, 1) if clip else unclipped), clip
+    bounds = [ddpm.vlb(s, model, x_star, clip_denoised=clip, generator=torch.Generator().manual_seed(1))
+              for clip in (True, False)]
+    assert torch.equal(bounds[0].terms_bpd, bounds[1].terms_bpd)
+    short = NoiseSchedule.linear(T=20, beta_1=1e-3, beta_T=0.3)
+    model = ddpm.as_eps_model(short, off_range_networks(short, x_star)["mu"], "mu")
+    samples = [ddpm.sample(short, model, x_star.shape, clip_denoised=clip, generator=torch.Generator().manual_seed(2),
+                           dtype=torch.float64) for clip in (True, False)]
+    assert torch.equal(*samples)
+
+
+def test_eps_and_x0_networks_still_clip_x0_before_the_mean():
+    """The original's "eps" and "xstart": x̂_0 is clipped, then μ_θ = μ̃_t(x_t, x̂_0) (Eq. 7)."""
+    s, x_star, t, xt = digit_setup()
+    nets = off_range_networks(s, x_star)
+    x0_hat = nets["x0"](xt, t)
+    ab, ab_prev, beta = (v.reshape(-1, 1, 1, 1) for v in (s.alpha_bars[t], s.alpha_bars[t - 1], s.betas[t]))
+    clipped_mean = (ab_prev.sqrt() * beta * x0_hat.clamp(-1, 1) + (1 - ab_prev) * (1 - beta).sqrt() * xt) / (1 - ab)
+    for p in ("eps", "x0"):
+        model = ddpm.as_eps_model(s, nets[p], p)
+        step = ddpm.p_mean_variance(s, model, xt, t)
+        assert torch.allclose(step.pred_x0, x0_hat.clamp(-1, 1), rtol=0, atol=1e-9), p  # float64 rounding of Eq. 4
+        assert torch.allclose(step.mean, clipped_mean, rtol=0, atol=1e-12), p
+        unclipped = ddpm.p_mean_variance(s, model, xt, t, clip_denoised=False).mean
+        assert (unclipped - step.mean).abs().max() > 1e-6, p  # the clipping did change the mean
+
+
+def test_an_x0_network_s_x0_is_its_output():
+    """The original's "xstart": x̂_0 is the output itself (clipped or not), with no round trip through ε."""
+    s, x_star, t, xt = digit_setup()
+    x0 = off_range_networks(s, x_star)["x0"]
+    model = ddpm.as_eps_model(s, x0, "x0")
+    for clip in (True, False):
+        expected = x0(xt, t).clamp(-1, 1) if clip else x0(xt, t)
+        assert torch.equal(ddpm.p_mean_variance(s, model, xt, t, clip_denoised=clip).pred_x0, expected), clip
+
+
+def test_the_reviews_mu_model_is_scored_the_same_with_and_without_clipping():
+    """The code review's mu_clip.py (N4): μ = c1 (x_0 + 0.02 z) + c2 x_t on one digit, z ~ N(0, I) at every call.
+    Its Σ L_(t−1) was 2.1058 bits/dim unclipped and 1.6894 with the default clipping; now both are 2.1058."""
+    s = NoiseSchedule.linear()
+    img = ddpm.digits("test")[:1].double()
+    x0 = img.repeat(8, 1, 1, 1)
+    g = torch.Generator()
+
+    def mu_model(xt, t):
+        z = torch.randn(xt.shape, generator=g, dtype=xt.dtype)
+        c1, c2 = (v[t].reshape(-1, 1, 1, 1) for v in (s.posterior_mean_coef1, s.posterior_mean_coef2))
+        return c1 * (img.expand_as(xt) + 0.02 * z) + c2 * xt
+
+    model = ddpm.as_eps_model(s, mu_model, "mu")
+    g.manual_seed(1)
+    out = mu_model(x0, torch.full((8,), 700))
+    g.manual_seed(1)
+    assert torch.equal(ddpm.p_mean_variance(s, model, x0, torch.full((8,), 700)).mean, out)
+    bounds = {}
+    for clip in (False, True):
+        g.manual_seed(2)
+        bounds[clip] = ddpm.vlb(s, model, x0, "fixedlarge", clip_denoised=clip,
+                                generator=torch.Generator().manual_seed(3))
+    assert torch.equal(bounds[True].terms_bpd, bounds[False].terms_bpd)
+    diffusion = bounds[True].terms_bpd[:, 1:].sum(1).mean().item()
+    assert diffusion == pytest.approx(2.1058, abs=5e-5)  # the review's unclipped figure, printed to 4 decimals
+
+
+@pytest.mark.parametrize("parameterization", ["mu", "x0"])
+@pytest.mark.parametrize("t", [800, 1000, "800..1000"])
+def test_a_bf16_output_is_converted_in_float32(parameterization, t, gen):
+    """The conversion of a bf16 output (a network under autocast) runs in float32: it equals the conversion of
+    the same values given in float32, bit for bit, even with x_t in bf16 too. Done in bf16 it would be off by
+    0.14-0.17 RMS in ε at these t for "mu" (c1 x_0 is below μ̃'s bf16 rounding) and 2e-3 for "x0" (measured)."""
+    s = NoiseSchedule.linear(T=1000)
+    n = 64
+    t = torch.linspace(800, 1000, n).round().long() if t == "800..1000" else t
+    t_batch = t if isinstance(t, torch.Tensor) else torch.full((n,), t)
+    x0 = grid(gen, n)[:, :, None, None].float()
+    noise = torch.randn(x0.shape, generator=gen)
+    xt = ddpm.q_sample(s, x0, t_batch, noise)
+    out = target(s, parameterization, x0, xt, t_batch, noise).bfloat16()
+    expected = eps_from_output(s, parameterization, xt, t, out.float())
+    for xt_in in (xt, xt.bfloat16()):
+        eps = eps_from_output(s, parameterization, xt_in, t, out)
+        assert eps.dtype == torch.float32
+        assert torch.equal(eps, eps_from_output(s, parameterization, xt_in.float(), t, out.float()))
+    assert torch.equal(eps_from_output(s, parameterization, xt, t, out), expected)
+    # the bar's power: the same conversion written out in bf16 arithmetic is far off
+    c = {k: getattr(s, k)[t_batch].reshape(-1, 1, 1, 1).bfloat16() for k in
+         ("posterior_mean_coef1", "posterior_mean_coef2", "sqrt_alpha_bars", "sqrt_one_minus_alpha_bars")}
+    xt16 = xt.bfloat16()
+    x0_16 = out if parameterization == "x0" else (out - c["posterior_mean_coef2"] * xt16) / c["posterior_mean_coef1"]
+    eps16 = (xt16 - c["sqrt_alpha_bars"] * x0_16) / c["sqrt_one_minus_alpha_bars"]
+    assert (eps16.float() - expected).abs().max() > 1e-3
 
 
 def test_the_unweighted_mse_targets(gen):

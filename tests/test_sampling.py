@@ -177,3 +177,131 @@ def test_ddim_timesteps():
         ddpm.ddim_step(s, lambda x, t: x, torch.zeros(1, 1), 5, 5, 0.0, torch.zeros(1, 1))
     with pytest.raises(ValueError, match="eta must be >= 0"):
         ddpm.ddim_sample(s, lambda x, t: x, (1, 1), eta=-1.0)
+
+
+def nonlinear(x, t):
+    return torch.tanh(2 * x) * 0.7 + 0.01 * t[:, None]  # any eps-model; clipping on by default
+
+
+def test_a_given_x_T_continues_the_generator(gen):
+    """x_T drawn first from the generator, then passed: the same sample as when the sampler draws x_T itself."""
+    s = NoiseSchedule.linear(T=30, beta_1=1e-3, beta_T=0.3)
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    drawn = ddpm.sample(s, nonlinear, (16, 3), generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(16, 3, generator=g)
+    assert torch.equal(ddpm.sample(s, nonlinear, (16, 3), generator=g, x_T=x_T), drawn)
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(16, 3, generator=g)
+    assert torch.equal(ddpm.sample(s, nonlinear, None, generator=g, x_T=x_T, start_t=s.T), drawn)
+
+
+def aligned(seed, shape, draws):
+    """A generator that has made ``draws`` draws of ``shape``, as the sampler has after x_T and those steps."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(draws):
+        torch.randn(shape, generator=g)
+    return g
+
+
+@pytest.mark.parametrize("k", [1, 2, 17, 30])
+def test_starting_at_t_reproduces_the_tail_of_a_full_run(k, gen):
+    """Started at t = k from the full run's x_k, with the generator past x_T and the noises of steps T..k+1,
+    the sampler retraces that run: the same x_(k-1), ..., x_0 bit for bit. An off-by-one in the start step
+    (x_k taken as x_(k+1) or x_(k-1)) or in the noise draws would not."""
+    s = NoiseSchedule.linear(T=30, beta_1=1e-3, beta_T=0.3)
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    shape = (16, 3)
+    full = ddpm.sample_trajectory(s, nonlinear, shape, steps=range(1, k + 1),
+                                  generator=torch.Generator().manual_seed(seed))
+    x_k = full.xt[0]
+    tail = ddpm.sample_trajectory(s, nonlinear, None, steps=range(1, k + 1), x_T=x_k, start_t=k,
+                                  generator=aligned(seed, shape, 1 + s.T - k))
+    assert tail.steps == full.steps and torch.equal(tail.xt, full.xt) and torch.equal(tail.pred_x0, full.pred_x0)
+    assert torch.equal(tail.x0, full.x0)
+    g = aligned(seed, shape, 1 + s.T - k)
+    assert torch.equal(ddpm.sample(s, nonlinear, shape, x_T=x_k, start_t=k, generator=g), full.x0)
+    # the check's power: one step off, or one noise draw off (where a step adds noise: k ≥ 2), gives another x_0
+    for start_t, draws in ((k + 1, 1 + s.T - k), (k - 1, 1 + s.T - k), (k, s.T - k), (k, 2 + s.T - k)):
+        if 1 <= start_t <= s.T and (start_t != k or k >= 2):
+            other = ddpm.sample(s, nonlinear, shape, x_T=x_k, start_t=start_t, generator=aligned(seed, shape, draws))
+            assert (other - full.x0).abs().max() > 1e-3, (start_t, draws)
+
+
+def test_start_state_errors():
+    s = NoiseSchedule.linear(T=30)
+    with pytest.raises(ValueError, match="needs x_T"):
+        ddpm.sample(s, nonlinear, (2, 3), start_t=10)
+    with pytest.raises(ValueError, match="differ"):
+        ddpm.sample(s, nonlinear, (2, 4), x_T=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="1..start_t = 10"):
+        ddpm.sample_trajectory(s, nonlinear, None, steps=[11], x_T=torch.zeros(2, 3), start_t=10)
+    with pytest.raises(ValueError, match="timesteps must lie in"):
+        ddpm.sample(s, nonlinear, None, x_T=torch.zeros(2, 3), start_t=31)
+    with pytest.raises(ValueError, match="differ"):
+        ddpm.ddim_sample(s, nonlinear, (2, 4), x_T=torch.zeros(2, 3))
+
+
+class WithVariance(torch.nn.Module):
+    """An ε-network that carries its sampling variance, as ``UNet.from_pretrained`` leaves a released model."""
+
+    def __init__(self, variance):
+        super().__init__()
+        self.variance = variance
+
+    def forward(self, x, t):
+        return nonlinear(x, t)
+
+
+@pytest.mark.parametrize("own", ["fixedsmall", "fixedlarge"])
+def test_variance_none_is_the_models_own(own, gen):
+    s = NoiseSchedule.linear(T=30, beta_1=1e-3, beta_T=0.3)
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    other = "fixedlarge" if own == "fixedsmall" else "fixedsmall"
+
+    def draw(model, *variance, **kwargs):
+        return ddpm.sample(s, model, (16, 3), *variance, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    expected, unexpected = draw(nonlinear, own), draw(nonlinear, other)
+    assert (expected - unexpected).abs().max() > 1e-3  # the two variances do give other samples
+    net = WithVariance(own)
+
+    def x0_output(x, t):  # the same prediction as x_0 (Eq. 4 solved for x_0)
+        ab = s.alpha_bars[t][:, None].to(x)
+        return (x - (1 - ab).sqrt() * nonlinear(x, t)) / ab.sqrt()
+
+    x0_net = ddpm.as_eps_model(s, x0_output, "x0")
+    x0_output.variance = own  # a network that carries a variance: the wrapper passes it through
+    assert x0_net.variance == own and ddpm.as_eps_model(s, nonlinear, "x0").variance is None
+    for model in (net, x0_net):
+        # float32 rounding of Eq. 4 solved for x_0, then for ε (the x0-network): a few ulps of |x| ≲ 4
+        assert torch.allclose(draw(model), expected, rtol=0, atol=1e-5), model
+        assert torch.allclose(draw(model, None), expected, rtol=0, atol=1e-5)
+        assert torch.allclose(draw(model, other), unexpected, rtol=0, atol=1e-5)
+        traj = ddpm.sample_trajectory(s, model, (16, 3), generator=torch.Generator().manual_seed(seed))
+        assert torch.allclose(traj.x0, expected, rtol=0, atol=1e-5)
+    assert torch.equal(draw(nonlinear), draw(nonlinear, "fixedlarge"))  # no .variance: fixedlarge
+    x = torch.randn(16, 3, generator=gen)
+    noise = torch.randn(16, 3, generator=gen)
+    assert torch.equal(ddpm.p_sample(s, net, x, 12, noise)[0], ddpm.p_sample(s, net, x, 12, noise, own)[0])
+    assert not torch.equal(ddpm.p_sample(s, net, x, 12, noise)[0], ddpm.p_sample(s, net, x, 12, noise, other)[0])
+    with pytest.raises(ValueError, match="variance must be"):
+        draw(WithVariance("learned"))
+
+
+def test_a_released_model_samples_with_its_own_variance(tmp_path, gen):
+    """UNet.from_pretrained reads the scheduler's variance into ``.variance``; ``sample`` then uses it."""
+    s = NoiseSchedule.linear(T=10)
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    net = ddpm.UNet.preset("tiny", in_channels=1, image_size=8, t_offset=1, downsample_padding="tf_same").eval()
+    with torch.no_grad():  # the output layer starts at zero (as in the original): give it weights
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    released = ddpm.UNet.from_pretrained(ddpm.save_pretrained(net, tmp_path, s, "fixedsmall"))
+    assert released.variance == "fixedsmall"
+
+    def draw(*variance):
+        return ddpm.sample(released.schedule, released, (4, 1, 8, 8), *variance,
+                           generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(draw(), draw("fixedsmall")) and not torch.equal(draw(), draw("fixedlarge"))
