@@ -1,53 +1,74 @@
-"""The paper's released checkpoints in diffusers' ``UNet2DModel`` layout: read them into ``ddpm.UNet``, write it.
+"""The paper's released checkpoints in diffusers' ``UNet2DModel`` layout: read them into ``ddpm.UNet``, and write a
+``ddpm.UNet`` that diffusers reads.
 
 The authors' TensorFlow weights (Ho et al. 2020) were converted to PyTorch by diffusers and published on the
 Hugging Face Hub: ``google/ddpm-cifar10-32``, ``google/ddpm-celebahq-256`` and the LSUN church, bedroom and cat
 models ``google/ddpm-{church,bedroom,cat}-256``, each 256x256 one with an ``-ema-`` twin
-(``google/ddpm-ema-celebahq-256``). Each is a pipeline folder::
+(``google/ddpm-ema-celebahq-256``). A checkpoint is a folder in one of the two layouts diffusers reads::
 
-    model_index.json
-    unet/config.json, unet/diffusion_pytorch_model.safetensors (or .bin)
-    scheduler/scheduler_config.json
+    pipeline:  model_index.json, unet/config.json, unet/diffusion_pytorch_model.safetensors (or .bin),
+               scheduler/scheduler_config.json
+    flat:      config.json, diffusion_pytorch_model.safetensors (or .bin) and scheduler_config.json side by side
+               (google/ddpm-cat-256 today; what UNet2DModel's and DDPMScheduler's save_pretrained write to one folder)
+
+A bare ``unet/`` folder takes its sibling ``scheduler/``; with no scheduler config at all, the schedule is
+DDPMScheduler's default, the paper's. The Hub repositories' root files from 2022 are diffusers' first format:
+their ``GaussianDDPMScheduler`` config is read, their ``UNetModel`` config.json is refused.
 
 The same network is ``ddpm.UNet`` with two settings kept in its config: the original's stride-2 convolutions
 pad only the bottom and right (``downsample_padding="tf_same"``), and the original was fed t − 1
-(``t_offset=1``), so that callers keep the paper's t ∈ {1, …, T}. ``UNet.from_pretrained`` is the entry point;
-this module holds the file layout, the Hub download, the two config translations and the key map both ways.
+(``t_offset=1``), so that callers keep the paper's t ∈ {1, …, T}. ``UNet.from_pretrained`` reads a folder and
+``UNet.save_pretrained`` writes the pipeline layout. A network fed t itself (``t_offset=0``) is written exactly
+too: its sinusoid obeys e(t) = R e(t − 1), R a rotation by ω_i of each (sin, cos) pair, so its first time layer
+W becomes W R. This module holds the file layouts, the Hub download, the config translations and the key map.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .schedule import NoiseSchedule
+from .schedule import VARIANCES, NoiseSchedule, check_variance
+from .unet import frequencies
 
-UNET_CONFIG, SCHEDULER_CONFIG = "config.json", "scheduler_config.json"
+INDEX, UNET_CONFIG, SCHEDULER_CONFIG = "model_index.json", "config.json", "scheduler_config.json"
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
-# What UNet2DModel assumes for a key its config.json lacks (diffusers' defaults), and the values that describe
-# the original network. A config that differs from these is another architecture and is refused.
+# UNet2DModel's arguments and defaults (diffusers 0.42, checked by the tests): what a config.json lacks is
+# these. ORIGINAL holds the values that describe the DDPM network; a config that differs is refused.
 DIFFUSERS_DEFAULTS = dict(
     sample_size=None, in_channels=3, out_channels=3, center_input_sample=False, time_embedding_type="positional",
-    freq_shift=0, flip_sin_to_cos=True, block_out_channels=(224, 448, 672, 896), layers_per_block=2,
-    mid_block_scale_factor=1, downsample_padding=1, downsample_type="conv", upsample_type="conv", dropout=0.0,
-    act_fn="silu", attention_head_dim=8, norm_num_groups=32, attn_norm_num_groups=None, norm_eps=1e-5,
-    resnet_time_scale_shift="default", add_attention=True, class_embed_type=None, num_class_embeds=None,
-    num_train_timesteps=None)
+    time_embedding_dim=None, freq_shift=0, flip_sin_to_cos=True,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    mid_block_type="UNetMidBlock2D", up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(224, 448, 672, 896), layers_per_block=2, mid_block_scale_factor=1, downsample_padding=1,
+    downsample_type="conv", upsample_type="conv", dropout=0.0, act_fn="silu", attention_head_dim=8,
+    norm_num_groups=32, attn_norm_num_groups=None, norm_eps=1e-5, resnet_time_scale_shift="default",
+    add_attention=True, class_embed_type=None, num_class_embeds=None, num_train_timesteps=None)
 ORIGINAL = dict(center_input_sample=False, time_embedding_type="positional", freq_shift=1, flip_sin_to_cos=False,
-                mid_block_scale_factor=1, downsample_type="conv", upsample_type="conv", act_fn="silu",
-                attention_head_dim=None, attn_norm_num_groups=None, norm_eps=1e-6, resnet_time_scale_shift="default",
-                add_attention=True, class_embed_type=None, num_class_embeds=None, num_train_timesteps=None)
-SCHEDULER_DEFAULTS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                          trained_betas=None, variance_type="fixed_small", prediction_type="epsilon")
-VARIANCES = {"fixed_large": "fixedlarge", "fixed_large_log": "fixedlarge", "fixed_small": "fixedsmall",
-             "fixed_small_log": "fixedsmall"}
+                mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1, downsample_type="conv",
+                upsample_type="conv", act_fn="silu", attention_head_dim=None, attn_norm_num_groups=None,
+                norm_eps=1e-6, resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
+                num_class_embeds=None)
+# DDPMScheduler's arguments and defaults. PAPER holds the sampler settings of the original (x̂0 clipped to
+# [-1, 1], no thresholding, the β as given); timestep_spacing and steps_offset only pick fewer steps than T.
+SCHEDULER_DEFAULTS = dict(
+    num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", trained_betas=None,
+    variance_type="fixed_small", clip_sample=True, prediction_type="epsilon", thresholding=False,
+    dynamic_thresholding_ratio=0.995, clip_sample_range=1.0, sample_max_value=1.0, timestep_spacing="leading",
+    steps_offset=0, rescale_betas_zero_snr=False)
+PAPER = dict(clip_sample=True, clip_sample_range=1.0, thresholding=False, rescale_betas_zero_snr=False)
+GAUSSIAN_DDPM = {"timesteps": "num_train_timesteps", "clip_predicted_image": "clip_sample"}  # 2022 names
+DIFFUSERS_VARIANCE = {v: v.replace("fixed", "fixed_") for v in VARIANCES}  # diffusers' names: fixed_large, …
 
 HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
 OLD_ATTENTION = re.compile(r"(attentions\.\d+)\.(query|key|value|proj_attn)\.")
@@ -86,7 +107,7 @@ def download(name: str) -> Path:
         raise ImportError(f"downloading {name} needs huggingface_hub and safetensors: pip install huggingface_hub "
                           "safetensors (or pass the path of a downloaded folder)") from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-    patterns = ["model_index.json", f"*{UNET_CONFIG}", f"*{SCHEDULER_CONFIG}"]
+    patterns = [INDEX, f"*{UNET_CONFIG}", f"*{SCHEDULER_CONFIG}"]
     try:
         for weights in WEIGHTS:  # the .bin only where a repository has no .safetensors
             folder = Path(snapshot_download(name, allow_patterns=patterns + [f"*{weights}"],
@@ -96,8 +117,8 @@ def download(name: str) -> Path:
     except LocalEntryNotFoundError:
         raise ConnectionError(
             f"cannot download {name}: no network{' (HF_HUB_OFFLINE is set)' if offline else ''} and no copy in "
-            f"the Hugging Face cache; on a machine with network run `huggingface-cli download {name} "
-            f"--local-dir DIR`, copy DIR here and pass its path instead of the name") from None
+            f"the Hugging Face cache; on a machine with network run `hf download {name} --local-dir DIR`, "
+            "copy DIR here and pass its path instead of the name") from None
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"no Hub repository {name}; released DDPM models are e.g. google/ddpm-cifar10-32 "
                                 "and google/ddpm-ema-celebahq-256") from None
@@ -107,17 +128,17 @@ def download(name: str) -> Path:
 # -- reading ---------------------------------------------------------------------------------------------------
 
 def read(folder) -> Checkpoint:
-    """A pipeline folder (``unet/`` and ``scheduler/``) or a bare ``unet/`` folder. Without a scheduler config,
-    the schedule is diffusers' DDPMScheduler default: the paper's linear β from 1e-4 to 0.02 over T = 1000."""
+    """A pipeline folder, a flat folder or a bare ``unet/`` folder (see the module's docstring)."""
     folder = Path(folder)
     unet = folder / "unet" if (folder / "unet" / UNET_CONFIG).is_file() else folder
     if not (unet / UNET_CONFIG).is_file():
         raise FileNotFoundError(f"{folder} holds no unet/{UNET_CONFIG} or {UNET_CONFIG}: pass a diffusers "
-                                "pipeline folder (model_index.json, unet/, scheduler/) or its unet/ folder")
-    scheduler = [p for p in (folder / "scheduler", unet.parent / "scheduler") if (p / SCHEDULER_CONFIG).is_file()]
-    scheduler_config = _read_json(scheduler[0] / SCHEDULER_CONFIG) if scheduler else {}
-    return Checkpoint(unet_config(_read_json(unet / UNET_CONFIG)), read_weights(unet),
-                      *noise_schedule(scheduler_config))
+                                "pipeline folder (model_index.json, unet/, scheduler/), its unet/ folder, or a "
+                                f"folder with {UNET_CONFIG}, the weights and {SCHEDULER_CONFIG} side by side")
+    scheduler = [p / SCHEDULER_CONFIG for p in (folder / "scheduler", unet, unet.parent / "scheduler")
+                 if (p / SCHEDULER_CONFIG).is_file()]
+    config = unet_config(_read_json(unet / UNET_CONFIG))
+    return Checkpoint(config, read_weights(unet), *noise_schedule(_read_json(scheduler[0]) if scheduler else {}))
 
 
 def _read_json(path: Path) -> dict:
@@ -143,23 +164,40 @@ def read_weights(unet: Path) -> dict:
 
 def unet_config(diffusers_config: dict) -> dict:
     """``UNet(**…)``'s arguments for a UNet2DModel config.json; ValueError if it is not the paper's network."""
-    c = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in diffusers_config.items() if not k.startswith("_")}}
+    kind = diffusers_config.get("_class_name", "UNet2DModel")
+    if kind == "UNetModel":
+        raise ValueError("this config.json is diffusers' 2022 UNetModel format (the root files of the Hub's first "
+                         "google/ddpm-* revisions), which ddpm does not read: pass the folder's unet/ subfolder "
+                         "or a newer revision of the repository")
+    if kind != "UNet2DModel":
+        raise ValueError(f"this config.json describes a {kind}: ddpm.UNet reads UNet2DModel configs")
+    given = {k: v for k, v in diffusers_config.items() if not k.startswith("_")}
+    unknown = sorted(set(given) - set(DIFFUSERS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"config.json has keys UNet2DModel does not take, {unknown}: ddpm.UNet cannot tell what "
+                         "network they describe")
+    c = {**DIFFUSERS_DEFAULTS, **given}
     c["block_out_channels"] = tuple(c["block_out_channels"])
     other = {k: c[k] for k, v in ORIGINAL.items() if c[k] != v}
     if other:
         raise ValueError(f"this UNet2DModel differs from the DDPM network in {other} (DDPM's values: "
                          f"{ {k: ORIGINAL[k] for k in other} }); ddpm.UNet cannot load it")
-    down, up = c["down_block_types"], c["up_block_types"]
-    attn = [kind == "AttnDownBlock2D" for kind in down]
-    if (set(down) - {"DownBlock2D", "AttnDownBlock2D"} or len(up) != len(down)
-            or list(up) != ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]):
-        raise ValueError(f"block types {down} / {up}: ddpm.UNet has (Attn)DownBlock2D levels mirrored by "
-                         "(Attn)UpBlock2D levels")
     ch, size = c["block_out_channels"][0], c["sample_size"]
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    if any(width % ch for width in c["block_out_channels"]) or not isinstance(size, int):
-        raise ValueError(f"block_out_channels={c['block_out_channels']} must be multiples of the first, and "
-                         f"sample_size={c['sample_size']} a square side")
+    if c["time_embedding_dim"] not in (None, 4 * ch):
+        raise ValueError(f"time_embedding_dim={c['time_embedding_dim']}: the DDPM network's time embedding has "
+                         f"4 x block_out_channels[0] = {4 * ch} features; ddpm.UNet cannot load it")
+    down, up = c["down_block_types"], c["up_block_types"]
+    attn = [block == "AttnDownBlock2D" for block in down]
+    if (set(down) - {"DownBlock2D", "AttnDownBlock2D"} or len({len(up), len(down), len(c["block_out_channels"])}) > 1
+            or list(up) != ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]):
+        raise ValueError(f"block types {down} / {up}: ddpm.UNet has one (Attn)DownBlock2D level per "
+                         "block_out_channels entry, mirrored by (Attn)UpBlock2D levels")
+    size = size[0] if isinstance(size, (list, tuple)) and len(set(size)) == 1 else size
+    if any(width % ch for width in c["block_out_channels"]) or not isinstance(size, int) \
+            or c["downsample_padding"] not in (0, 1):
+        raise ValueError(f"block_out_channels={c['block_out_channels']} must be multiples of the first, "
+                         f"sample_size={c['sample_size']} a square side and downsample_padding="
+                         f"{c['downsample_padding']} 0 or 1")
     return dict(in_channels=c["in_channels"], ch=ch, ch_mult=tuple(w // ch for w in c["block_out_channels"]),
                 num_res_blocks=c["layers_per_block"],
                 attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn) if a), dropout=c["dropout"],
@@ -169,12 +207,27 @@ def unet_config(diffusers_config: dict) -> dict:
 
 
 def noise_schedule(scheduler_config: dict) -> tuple[NoiseSchedule, str]:
-    """(NoiseSchedule, variance name) from a DDPMScheduler config (its defaults for absent keys)."""
-    c = {**SCHEDULER_DEFAULTS, **scheduler_config}
+    """(NoiseSchedule, variance name) from a DDPMScheduler config (its defaults for absent keys) or a 2022
+    GaussianDDPMScheduler one; ValueError for settings that change the paper's schedule or sampler."""
+    given = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    if scheduler_config.get("_class_name") == "GaussianDDPMScheduler":
+        given = {GAUSSIAN_DDPM.get(k, k): v for k, v in given.items()}
+    given.pop("tensor_format", None)  # diffusers 0.1-0.3: the array library the scheduler returned
+    unknown = sorted(set(given) - set(SCHEDULER_DEFAULTS))
+    if unknown:
+        raise ValueError(f"scheduler_config.json has keys DDPMScheduler does not take, {unknown}: ddpm cannot tell "
+                         "what schedule they describe")
+    c = {**SCHEDULER_DEFAULTS, **given}
     T, kind = c["num_train_timesteps"], c["beta_schedule"]
-    if c["variance_type"] not in VARIANCES or c["prediction_type"] != "epsilon":
+    variance = {d: ours for ours, d in DIFFUSERS_VARIANCE.items()}.get(str(c["variance_type"]).removesuffix("_log"))
+    if variance is None or c["prediction_type"] != "epsilon":
         raise ValueError(f"variance_type={c['variance_type']!r}, prediction_type={c['prediction_type']!r}: "
-                         f"ddpm samples ε-prediction models with {sorted(VARIANCES)}")
+                         f"ddpm reads networks that predict the noise ('epsilon'), sampled with "
+                         f"{sorted(DIFFUSERS_VARIANCE.values())}")
+    changed = {k: c[k] for k, v in PAPER.items() if c[k] != v}
+    if changed:
+        raise ValueError(f"scheduler settings {changed} change the paper's schedule or sampler, which ddpm keeps "
+                         f"({ {k: PAPER[k] for k in changed} }); ddpm cannot sample this model as its scheduler does")
     if c["trained_betas"] is not None:
         schedule = NoiseSchedule(c["trained_betas"])
     elif kind == "linear":
@@ -183,13 +236,14 @@ def noise_schedule(scheduler_config: dict) -> tuple[NoiseSchedule, str]:
         schedule = NoiseSchedule.cosine(T)
     else:
         raise ValueError(f"beta_schedule={kind!r}: ddpm reads 'linear', 'squaredcos_cap_v2' or trained_betas")
-    return schedule, VARIANCES[c["variance_type"]]
+    return schedule, variance
 
 
 # -- the key map ---------------------------------------------------------------------------------------------
 
 RESBLOCK = {"norm1": "norm1", "conv1": "conv1", "emb_proj": "time_emb_proj", "norm2": "norm2", "conv2": "conv2",
             "shortcut": "conv_shortcut"}
+TIME_LAYER = "time_embedding.linear_1.weight"
 
 
 def module_names(model) -> dict[str, str]:
@@ -203,7 +257,8 @@ def module_names(model) -> dict[str, str]:
         attend(f"{ours}.attn", attention)
 
     def attend(ours: str, theirs: str):
-        names.update({f"{ours}.norm": f"{theirs}.group_norm", f"{ours}.qkv": theirs, f"{ours}.proj": f"{theirs}.to_out.0"})
+        names.update({f"{ours}.norm": f"{theirs}.group_norm", f"{ours}.qkv": theirs,
+                      f"{ours}.proj": f"{theirs}.to_out.0"})
 
     levels, down, up = len(model.ch_mult), iter(range(len(model.down))), iter(range(len(model.up)))
     for level in range(levels):
@@ -235,6 +290,12 @@ def from_diffusers(model, weights: dict) -> dict:
         if missing:
             raise ValueError(f"the checkpoint lacks {missing[0]} (for {key}): it is not the network its "
                              "config.json describes")
+        need = (like.shape[0] // len(theirs), *like.shape[1:])  # diffusers' Linear q, k, v: 1x1 convolutions here
+        for k in theirs:
+            got = tuple(weights[k].shape)
+            if got != need[:len(got)] or math.prod(got) != math.prod(need):
+                raise ValueError(f"{k} has shape {got} in the weights, but config.json describes a network that "
+                                 f"needs {need[:len(got)]} there: the config and the weights do not match")
         state[key] = torch.cat([weights[k] for k in theirs]).reshape(like.shape)
         used.update(theirs)
     if set(weights) - used:
@@ -243,7 +304,8 @@ def from_diffusers(model, weights: dict) -> dict:
 
 
 def to_diffusers(model) -> dict:
-    """``model``'s weights under UNet2DModel's names (its q, k, v and output 1x1 convolutions as Linears)."""
+    """The UNet2DModel weights that compute ``model`` at diffusers' timestep k = t − 1: its q, k, v and output
+    1x1 convolutions as Linears, and for ``t_offset`` ≠ 1 the time shift folded into the first time layer."""
     names, weights = module_names(model), {}
     for key, value in model.state_dict().items():
         module, leaf = key.rsplit(".", 1)
@@ -252,21 +314,35 @@ def to_diffusers(model) -> dict:
         for part, v in parts:
             name = ".".join(filter(None, (names[module], part, leaf)))
             weights[name] = (v.flatten(1) if linear else v).detach().cpu().contiguous().clone()
+    if model.t_offset != 1:
+        weights[TIME_LAYER] = shift_time_embedding(weights[TIME_LAYER], 1 - model.t_offset)
     return weights
+
+
+def shift_time_embedding(weight: Tensor, shift: int) -> Tensor:
+    """W R for the first time layer W: with e(k) = [sin(k ω_i)…, cos(k ω_i)…] (``timestep_embedding``),
+    e(k + s) = R e(k), since sin((k+s)ω) = sin(kω) cos(sω) + cos(kω) sin(sω) and cos((k+s)ω) = cos(kω) cos(sω)
+    − sin(kω) sin(sω). A network that embeds k + s then computes, with W R, what it computed from k.
+    In float64 with the embedding's own float32 ω, cast back to W's dtype."""
+    half = weight.shape[1] // 2
+    angle = shift * frequencies(half).double()
+    cos, sin = angle.cos(), angle.sin()
+    w_sin, w_cos = weight.double().split(half, dim=1)
+    return torch.cat([w_sin * cos - w_cos * sin, w_sin * sin + w_cos * cos], dim=1).to(weight.dtype)
 
 
 # -- writing ---------------------------------------------------------------------------------------------------
 
 def diffusers_config(model) -> dict:
-    """The UNet2DModel config.json of a ddpm.UNet; only ``t_offset=1`` networks fit that layout (diffusers
-    feeds t − 1), and only the 1x1 shortcut exists there."""
+    """The UNet2DModel config.json of a ddpm.UNet. Any ``t_offset`` and either padding fit; the 3x3
+    convolutional shortcut does not (UNet2DModel's shortcut is a 1x1 convolution)."""
     c = model.config
-    if c["t_offset"] != 1 or c["conv_shortcut"]:
-        raise ValueError("diffusers' layout holds networks fed t - 1 with 1x1 shortcuts; build the UNet with "
-                         "t_offset=1 and conv_shortcut=False to write it")
+    if c["conv_shortcut"]:
+        raise ValueError("diffusers' UNet2DModel has 1x1 shortcuts only, so a UNet built with conv_shortcut=True "
+                         "(3x3 shortcuts) cannot be written in its layout")
     sizes = [c["image_size"] // 2**i for i in range(len(c["ch_mult"]))]
     attn = [size in c["attn_resolutions"] for size in sizes]
-    return {**ORIGINAL, "_class_name": "UNet2DModel", "sample_size": c["image_size"], "in_channels": c["in_channels"],
+    return {"_class_name": "UNet2DModel", **ORIGINAL, "sample_size": c["image_size"], "in_channels": c["in_channels"],
             "out_channels": model.out_channels, "block_out_channels": [c["ch"] * m for m in c["ch_mult"]],
             "layers_per_block": c["num_res_blocks"], "norm_num_groups": c["num_groups"], "dropout": c["dropout"],
             "downsample_padding": 0 if c["downsample_padding"] == "tf_same" else 1,
@@ -276,35 +352,82 @@ def diffusers_config(model) -> dict:
 
 def scheduler_config(s: NoiseSchedule, variance: str) -> dict:
     """A DDPMScheduler config for schedule ``s`` (linear β as its two ends, any other as the list of β)."""
-    names = {"fixedlarge": "fixed_large", "fixedsmall": "fixed_small"}
-    if variance not in names:
-        raise ValueError(f"variance must be one of {sorted(names)}, got {variance!r}")
-    betas = s.betas[1:]
+    betas = s.betas[1:].cpu()
     linear = torch.allclose(betas, NoiseSchedule.linear(s.T, betas[0].item(), betas[-1].item()).betas[1:],
                             rtol=0, atol=1e-15)
     schedule = (dict(beta_schedule="linear", beta_start=betas[0].item(), beta_end=betas[-1].item()) if linear
                 else dict(trained_betas=betas.tolist()))
-    return {"_class_name": "DDPMScheduler", "num_train_timesteps": s.T, **schedule, "variance_type": names[variance],
-            "clip_sample": True, "prediction_type": "epsilon"}
+    return {"_class_name": "DDPMScheduler", "num_train_timesteps": s.T, **schedule,
+            "variance_type": DIFFUSERS_VARIANCE[check_variance(variance)], "clip_sample": True,
+            "prediction_type": "epsilon"}
 
 
 def save_pretrained(model, folder, schedule: NoiseSchedule, variance: str, safe_serialization: bool = True) -> Path:
-    """Write ``model`` as a diffusers pipeline folder that ``UNet.from_pretrained`` and diffusers both read:
-    model_index.json, unet/ (config and weights: .safetensors, or .bin when ``safe_serialization=False``)
-    and scheduler/ (``schedule`` and ``variance``)."""
-    folder = Path(folder)
-    config, scheduler = diffusers_config(model), scheduler_config(schedule, variance)
-    for sub in ("unet", "scheduler"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    index = {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
-             "unet": ["diffusers", "UNet2DModel"]}
-    for path, content in ((folder / "model_index.json", index), (folder / "unet" / UNET_CONFIG, config),
-                          (folder / "scheduler" / SCHEDULER_CONFIG, scheduler)):
-        path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    weights = to_diffusers(model)
-    if safe_serialization:
+    """Write ``model`` as a diffusers pipeline folder that ``UNet.from_pretrained`` and diffusers' DDPMPipeline
+    read: model_index.json, unet/ (config and weights: .safetensors, or .bin when ``safe_serialization=False``)
+    and scheduler/ (``schedule`` and ``variance``). Any ``t_offset`` is written exactly (:func:`to_diffusers`).
+    The folder is written whole beside ``folder`` and renamed into place, replacing a pipeline folder there (so
+    no other weights are left), never anything else; a failure leaves ``folder`` as it was."""
+    files = {INDEX: {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+                     "unet": ["diffusers", "UNet2DModel"]},
+             f"unet/{UNET_CONFIG}": diffusers_config(model),
+             f"scheduler/{SCHEDULER_CONFIG}": scheduler_config(schedule, variance)}
+    weights, (weights_file, write) = to_diffusers(model), weight_writer(safe_serialization)
+    target = Path(folder).resolve()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{folder} is a file: save_pretrained writes a folder")
+    foreign = foreign_files(target) if target.is_dir() else []
+    if foreign:
+        raise ValueError(f"{folder} holds {foreign[:3]}, which a diffusers pipeline folder does not; save_pretrained "
+                         "replaces the whole folder, so pass a new or empty one (or move those away)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        for sub in ("unet", "scheduler"):
+            (staging / sub).mkdir(parents=True)
+        for name, content in files.items():
+            (staging / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        write(weights, staging / "unet" / weights_file)
+        rename_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed into place
+    return Path(folder)
+
+
+def weight_writer(safe_serialization: bool):
+    """(file name, write function) for the weights, found before anything is written."""
+    if not safe_serialization:
+        return WEIGHTS[1], torch.save
+    try:
         from safetensors.torch import save_file
-        save_file(weights, folder / "unet" / WEIGHTS[0])
-    else:
-        torch.save(weights, folder / "unet" / WEIGHTS[1])
-    return folder
+    except ImportError:
+        raise ImportError(f"writing {WEIGHTS[0]} needs safetensors: pip install safetensors, or pass "
+                          "safe_serialization=False to write a pickled .bin") from None
+    return WEIGHTS[0], save_file
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """What ``folder`` holds besides the files of a pipeline or flat layout (those a new pipeline replaces)."""
+    ours = {INDEX, UNET_CONFIG, SCHEDULER_CONFIG, *WEIGHTS}
+    foreign = []
+    for path in folder.iterdir():
+        if path.name in ("unet", "scheduler") and path.is_dir():
+            foreign += [f"{path.name}/{p.name}" for p in path.iterdir() if p.name not in ours]
+        elif path.name not in ours:
+            foreign.append(path.name)
+    return sorted(foreign)
+
+
+def rename_into_place(staging: Path, folder: Path) -> None:
+    """Rename ``staging`` to ``folder``; an old ``folder`` is moved aside first, and back if that fails."""
+    if not folder.exists():
+        staging.rename(folder)
+        return
+    old = staging.with_name(f"{staging.name}.old")
+    folder.rename(old)
+    try:
+        staging.rename(folder)
+    except BaseException:
+        old.rename(folder)
+        raise
+    shutil.rmtree(old)

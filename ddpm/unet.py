@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import pretrained
+
+def frequencies(half: int, device=None) -> Tensor:
+    """The embedding's angular frequencies ω_i = 10000^(-i/(half-1)), i = 0, …, half − 1, in float32."""
+    return torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, device=device, dtype=torch.float32))
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
@@ -27,9 +30,7 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """
     if dim % 2 or dim < 4:
         raise ValueError(f"the timestep embedding dimension must be even and at least 4, got {dim}")
-    half = dim // 2
-    omega = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, device=t.device, dtype=torch.float32))
-    angles = t.to(torch.float32)[:, None] * omega[None, :]
+    angles = t.to(torch.float32)[:, None] * frequencies(dim // 2, t.device)[None, :]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
@@ -111,7 +112,8 @@ class Upsample(nn.Module):
 class UNet(nn.Module):
     """ε_θ(x_t, t): images [B, C, S, S] and timesteps t ∈ {1, …, T} of shape [B] to noise [B, C, S, S].
 
-    ``UNet.from_pretrained(name_or_path)`` loads the paper's released weights (see :mod:`ddpm.pretrained`).
+    ``UNet.from_pretrained(name_or_path)`` loads the paper's released weights, and ``model.save_pretrained(folder)``
+    writes a network, released or trained here, in the same layout (see :mod:`ddpm.pretrained`).
     """
 
     # Every preset is the original's exact network: stride-2 convolutions padded as TensorFlow's 'SAME'
@@ -149,21 +151,38 @@ class UNet(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, device="cpu") -> "UNet":
         """A released checkpoint in diffusers' layout (a Hub name such as ``google/ddpm-cifar10-32``, which
-        needs the ``hub`` extra, or a local folder), in eval mode, called with the paper's t ∈ {1, …, T}.
-        Its noise schedule and variance ("fixedlarge" or "fixedsmall") are ``.schedule`` and ``.variance``."""
-        checkpoint = pretrained.read(pretrained.locate(name_or_path))
+        needs the ``hub`` extra, or a local folder), in eval mode on ``device``, called with the paper's
+        t ∈ {1, …, T}. Its noise schedule (on ``device``) and variance ("fixedlarge" or "fixedsmall") are
+        ``.schedule`` and ``.variance``."""
+        from .pretrained import from_diffusers, locate, read
+
+        checkpoint = read(locate(name_or_path))
         model = cls(**checkpoint.config)
-        model.load_state_dict(pretrained.from_diffusers(model, checkpoint.weights), strict=True)
-        model.schedule, model.variance = checkpoint.schedule, checkpoint.variance
+        model.load_state_dict(from_diffusers(model, checkpoint.weights), strict=True)
+        model.schedule, model.variance = checkpoint.schedule.to(device), checkpoint.variance
         return model.to(device).eval()
+
+    def save_pretrained(self, folder, schedule=None, variance: str | None = None,
+                        safe_serialization: bool = True):
+        """Write this network as a diffusers pipeline folder that ``UNet.from_pretrained`` and diffusers'
+        ``DDPMPipeline`` read (see :func:`ddpm.pretrained.save_pretrained`), with ``schedule`` and ``variance``
+        ("fixedlarge" or "fixedsmall"); by default the ones ``from_pretrained`` set. Returns the folder."""
+        from .pretrained import save_pretrained
+
+        schedule = self.schedule if schedule is None else schedule
+        variance = self.variance if variance is None else variance
+        if schedule is None or variance is None:
+            raise ValueError("this UNet has no .schedule and .variance of its own (UNet.from_pretrained sets them): "
+                             "pass schedule= (a NoiseSchedule) and variance= ('fixedlarge' or 'fixedsmall')")
+        return save_pretrained(self, folder, schedule, variance, safe_serialization)
 
     def __init__(self, in_channels: int = 3, ch: int = 128, ch_mult=(1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions=(16,), dropout: float = 0.1, image_size: int = 32, out_channels: int | None = None,
                  conv_shortcut: bool = False, num_groups: int = 32, downsample_padding: str = "symmetric",
                  t_offset: int = 0):
-        """``downsample_padding``: see :class:`Downsample`. ``t_offset``: the network embeds t − t_offset; 0 for
-        networks trained here, 1 for the released checkpoints, trained on t ∈ {0, …, T−1} (the callers still
-        pass the paper's t ∈ {1, …, T})."""
+        """``downsample_padding``: see :class:`Downsample`. ``t_offset``: the network embeds t − t_offset; 1 for
+        the presets and the released checkpoints, trained on t ∈ {0, …, T−1}, 0 for networks trained here
+        before 2026-12-04 (callers pass the paper's t ∈ {1, …, T} either way)."""
         super().__init__()
         levels = len(ch_mult)
         resolutions = [image_size // 2**i for i in range(levels)]
@@ -187,6 +206,7 @@ class UNet(nn.Module):
         self.image_size, self.ch, self.ch_mult = image_size, ch, tuple(ch_mult)
         self.num_res_blocks, self.attn_resolutions = num_res_blocks, tuple(attn_resolutions)
         self.num_groups, self.t_offset = num_groups, t_offset
+        self.schedule, self.variance = None, None  # the NoiseSchedule and variance trained with, where known
 
         # t ↦ sinusoid(t) ∈ R^ch → dense 4ch → swish → dense 4ch → swish; each ResBlock projects it.
         self.emb = nn.Sequential(nn.Linear(ch, 4 * ch), nn.SiLU(), nn.Linear(4 * ch, 4 * ch), nn.SiLU())
@@ -255,7 +275,12 @@ class UNet(nn.Module):
                              f"got {shape}; use torch.full(({x.shape[0]},), t) for a single timestep")
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """ε̂ = ε_θ(x_t, t), of x's shape (or out_channels channels)."""
+        """ε̂ = ε_θ(x_t, t), of x's shape (or out_channels channels).
+
+        The output layer runs in the weights' precision (float32) even under autocast: a posterior mean μ̃ or
+        an x_0 output carries its signal in digits that bf16's 8 bits would round away (μ̃'s x_0 part, c₁ x_0,
+        falls below bf16's resolution of |μ̃| ≈ 1 from t ≈ 436 on).
+        """
         self.check_input(x, t)
         emb = self.emb(timestep_embedding(t - self.t_offset, self.ch).to(self.emb[0].weight.dtype))
         h = self.conv_in(x)
@@ -266,4 +291,6 @@ class UNet(nn.Module):
         h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
         for layer in self.up:
             h = layer(h, emb) if isinstance(layer, Upsample) else layer(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        with torch.autocast(x.device.type, enabled=False):
+            h = h.to(self.conv_out.weight.dtype)
+            return self.conv_out(F.silu(self.norm_out(h)))

@@ -2,12 +2,18 @@
 
 The Hub's google/ddpm-* folders are rebuilt here from their published config files, with random weights:
 diffusers' UNet2DModel writes them (save_pretrained), ddpm.UNet reads them, and the two networks must compute
-the same function when diffusers is fed t − 1 and ddpm the paper's t. Nothing is downloaded.
+the same function when diffusers is fed t − 1 and ddpm the paper's t. The other way, a folder that ddpm writes
+(UNet.save_pretrained) must be read by diffusers as the same network, and writing must never leave a folder
+half-written or holding two sets of weights. Nothing is downloaded.
 """
 
+import ast
+import inspect
 import json
 import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +61,15 @@ def random_twin(config: dict, gen: torch.Generator):
         for p in twin.parameters():
             p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     return twin
+
+
+def random_unet(gen: torch.Generator, **changes) -> UNet:
+    """The narrow CIFAR10 network as ddpm.UNet, every weight drawn at random, in eval mode."""
+    model = UNet(**{**pretrained.unet_config(narrow(CIFAR10)), **changes}).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model
 
 
 def pipeline_folder(where, twin, variance: str, T: int = 1000):
@@ -178,6 +193,123 @@ def test_bound_and_sampler_take_the_loaded_model_with_the_papers_t(tmp_path, gen
     torch.testing.assert_close(samples[0], samples[1], rtol=0, atol=1e-4)
 
 
+# The flat layout and the 2022 root files ---------------------------------------------------------------------
+
+def test_a_flat_folder_keeps_its_scheduler(tmp_path, gen):
+    """config.json, weights and scheduler_config.json side by side (google/ddpm-cat-256 today), written by
+    diffusers itself: its T=20 and fixed_large, not DDPMScheduler's defaults (1000, fixed_small), come with it."""
+    twin = random_twin(narrow(CIFAR10, ch=8, size=8), gen)
+    twin.save_pretrained(tmp_path)
+    diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_large").save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "scheduler_config.json"}
+    model = UNet.from_pretrained(tmp_path)
+    assert model.schedule.T == 20 and model.variance == "fixedlarge"
+    torch.testing.assert_close(model.schedule.betas, NoiseSchedule.linear(20, 1e-4, 0.02).betas, rtol=0, atol=0)
+    assert_float32_equal(outputs(model, twin, gen, ts=(1, 20)))
+
+
+def test_the_2022_gaussian_ddpm_scheduler_config_is_read(tmp_path, gen):
+    """diffusers' first scheduler format (the Hub repositories' root scheduler_config.json): "timesteps" for
+    num_train_timesteps, the same β and variance names."""
+    random_twin(narrow(CIFAR10, ch=8, size=8), gen).save_pretrained(tmp_path)
+    legacy = {"_class_name": "GaussianDDPMScheduler", "_diffusers_version": "0.0.1", "timesteps": 20,
+              "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "variance_type": "fixed_large",
+              "clip_predicted_image": True}
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(legacy))
+    model = UNet.from_pretrained(tmp_path)
+    assert model.schedule.T == 20 and model.variance == "fixedlarge"
+
+
+def test_the_2022_unet_model_config_is_refused_saying_what_to_pass(tmp_path, gen):
+    """diffusers' first model format (a root config.json of class UNetModel, other names, other keys) is not
+    read; a pipeline folder that still holds those root files is read from unet/ and scheduler/."""
+    legacy = {"_class_name": "UNetModel", "_diffusers_version": "0.0.1", "ch": 128, "ch_mult": [1, 2, 2, 2],
+              "attn_resolutions": [16], "num_res_blocks": 2, "dropout": 0.1, "resolution": 32, "in_channels": 3,
+              "out_ch": 3, "resamp_with_conv": True}
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match="UNetModel format.*pass the folder's unet/ subfolder or a newer "
+                                         "revision") as error:
+        UNet.from_pretrained(tmp_path)
+    assert "\n" not in str(error.value)
+    pipeline_folder(tmp_path, random_twin(narrow(CIFAR10, ch=8, size=8), gen), "fixed_large", T=20)
+    model = UNet.from_pretrained(tmp_path)
+    assert model.schedule.T == 20 and model.variance == "fixedlarge"
+
+
+# What the config files may say -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls, ours", [(diffusers.UNet2DModel, pretrained.DIFFUSERS_DEFAULTS),
+                                       (diffusers.DDPMScheduler, pretrained.SCHEDULER_DEFAULTS)])
+def test_the_defaults_assumed_for_absent_keys_are_diffusers_own(cls, ours):
+    """A key absent from config.json takes the default of diffusers' constructor; ours are a copy of them."""
+    theirs = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    assert ours == theirs
+
+
+def test_a_config_relying_on_diffusers_default_block_types_is_read():
+    """No down_block_types / up_block_types: diffusers' four levels, attention at the three lower ones."""
+    config = {k: v for k, v in CIFAR10.items() if not k.endswith("block_types")}
+    assert pretrained.unet_config(config)["attn_resolutions"] == (16, 8, 4)
+    with torch.device("meta"):
+        assert UNet(**pretrained.unet_config(config)).num_parameters() == \
+            sum(p.numel() for p in unet2d(config).parameters())
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(time_embedding_dim=256), "time_embedding_dim=256: .* 4 x block_out_channels\\[0\\] = 512"),
+    (dict(mid_block_type=None), "differs from the DDPM network in \\{'mid_block_type': None\\}"),
+    (dict(num_heads=4), r"keys UNet2DModel does not take, \['num_heads'\]"),
+    (dict(_class_name="UNet2DConditionModel"), "describes a UNet2DConditionModel"),
+    (dict(block_out_channels=[128, 256, 256]), "one \\(Attn\\)DownBlock2D level per block_out_channels entry"),
+])
+def test_unet_configs_that_change_the_network_are_refused_in_one_line(change, message):
+    with pytest.raises(ValueError, match=message) as error:
+        pretrained.unet_config({**CIFAR10, **change})
+    assert "\n" not in str(error.value)
+
+
+def test_time_embedding_dim_of_4_ch_is_the_ddpm_network():
+    assert pretrained.unet_config({**CIFAR10, "time_embedding_dim": 512}) == pretrained.unet_config(CIFAR10)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(rescale_betas_zero_snr=True), r"\{'rescale_betas_zero_snr': True\} change the paper's schedule"),
+    (dict(thresholding=True), r"\{'thresholding': True\}"),
+    (dict(clip_sample_range=2.0), r"\{'clip_sample_range': 2.0\}"),
+    (dict(clip_sample=False), r"\{'clip_sample': False\}"),
+    (dict(prediction_type="sample"), "prediction_type='sample': ddpm reads networks that predict the noise"),
+    (dict(prediction_type="v_prediction"), "prediction_type='v_prediction'"),
+    (dict(variance_type="learned_range"), "variance_type='learned_range'"),
+    (dict(beta_schedule="scaled_linear"), "beta_schedule='scaled_linear'"),
+    (dict(set_alpha_to_one=True), r"keys DDPMScheduler does not take, \['set_alpha_to_one'\]"),
+])
+def test_scheduler_settings_that_change_the_schedule_or_the_sampler_are_refused(change, message):
+    with pytest.raises(ValueError, match=message) as error:
+        pretrained.noise_schedule({**SCHEDULER, **change})
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("change", [dict(timestep_spacing="trailing"), dict(steps_offset=1),
+                                    dict(dynamic_thresholding_ratio=0.9), dict(clip_sample_range=1.0),
+                                    dict(variance_type="fixed_small_log"), dict(tensor_format="pt")])
+def test_scheduler_settings_that_only_pick_fewer_steps_are_read(change):
+    """timestep_spacing and steps_offset choose the steps of a shorter sampler, not the training-time t; the
+    thresholding ratio matters only with thresholding; tensor_format is diffusers 0.1-0.3's array library."""
+    schedule, variance = pretrained.noise_schedule({**SCHEDULER, **change})
+    assert schedule.T == 1000 and variance == "fixedsmall"
+
+
+def test_a_config_that_contradicts_its_weights_names_the_key_and_both_shapes(tmp_path, gen):
+    """D2: block_out_channels [64, 128] for weights of widths 8 and 16 (it was a raw RuntimeError from reshape)."""
+    folder = pipeline_folder(tmp_path, random_twin(narrow(CIFAR10, ch=8, size=8), gen), "fixed_large")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "block_out_channels": [64, 128, 128, 128]}))
+    with pytest.raises(ValueError, match=r"time_embedding.linear_1.weight has shape \(32, 8\) in the weights, "
+                                         r"but config.json describes a network that needs \(256, 64\)") as error:
+        UNet.from_pretrained(folder)
+    assert "\n" not in str(error.value)
+
+
 # Writing the layout ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
@@ -208,9 +340,133 @@ def test_a_schedule_other_than_linear_is_written_as_its_betas(tmp_path):
     assert loaded.variance == "fixedsmall"
 
 
-def test_only_networks_fed_t_minus_1_are_written_in_diffusers_layout(tmp_path):
-    with pytest.raises(ValueError, match="t_offset=1"):
-        pretrained.save_pretrained(UNet.preset("tiny"), tmp_path, NoiseSchedule.linear(10), "fixedlarge")
+@pytest.mark.parametrize("padding", ["tf_same", "symmetric"])
+def test_a_network_fed_t_itself_is_written_with_the_shift_folded_into_its_first_time_layer(padding, tmp_path, gen):
+    """t_offset=0 (networks trained here before 2026-12-04) embeds t where diffusers embeds k = t - 1. Since
+    e(t) = R e(t - 1), the exported first time layer is W R, and UNet2DModel computes our eps at k = t - 1 for
+    every t, to float32 rounding: the same bar as the released networks (1e-5 of the output's scale; measured at
+    most 8e-7). Either padding is written as diffusers' downsample_padding (0 or 1). Without the fold the outputs
+    move by more than 1e-3 of their scale."""
+    model = random_unet(gen, t_offset=0, downsample_padding=padding)
+    folder = model.save_pretrained(tmp_path / "export", NoiseSchedule.linear(1000), "fixedlarge")
+    twin = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    assert twin.config.downsample_padding == {"tf_same": 0, "symmetric": 1}[padding]
+    assert_float32_equal(outputs(model, twin, gen, ts=(1, 2, 500, 999, 1000)))
+    with torch.no_grad():
+        twin.time_embedding.linear_1.weight.copy_(model.emb[0].weight)  # W, not W R
+    gaps = [((a - b).abs().max() / b.abs().max()).item() for a, b in outputs(model, twin, gen, ts=(1, 500))]
+    assert min(gaps) > 1e-3, gaps
+
+
+def test_a_network_fed_t_minus_1_is_written_bit_for_bit(tmp_path, gen):
+    model = random_unet(gen)
+    folder = model.save_pretrained(tmp_path / "export", NoiseSchedule.linear(1000), "fixedlarge")
+    twin = diffusers.UNet2DModel.from_pretrained(folder / "unet")
+    assert all(torch.equal(twin.state_dict()[k], v) for k, v in pretrained.to_diffusers(model).items())
+    assert torch.equal(twin.time_embedding.linear_1.weight, model.emb[0].weight)
+
+
+def test_the_3x3_shortcut_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="conv_shortcut=True") as error:
+        UNet.preset("tiny", conv_shortcut=True).save_pretrained(tmp_path / "x", NoiseSchedule.linear(10), "fixedlarge")
+    assert "\n" not in str(error.value) and not (tmp_path / "x").exists()
+
+
+def test_save_pretrained_is_a_method_that_defaults_to_the_models_own_schedule_and_variance(tmp_path, gen):
+    fresh = UNet.preset("tiny")
+    assert fresh.schedule is None and fresh.variance is None
+    with pytest.raises(ValueError, match="pass schedule= .* and variance="):
+        fresh.save_pretrained(tmp_path / "fresh")
+    model = UNet.from_pretrained(pipeline_folder(tmp_path / "a", random_twin(narrow(CIFAR10, ch=8, size=8), gen),
+                                                 "fixed_large", T=20))
+    again = UNet.from_pretrained(model.save_pretrained(tmp_path / "b"))
+    assert again.schedule.T == 20 and again.variance == "fixedlarge"
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    other = UNet.from_pretrained(model.save_pretrained(tmp_path / "c", NoiseSchedule.cosine(30), "fixedsmall"))
+    assert other.schedule.T == 30 and other.variance == "fixedsmall"
+
+
+def test_from_pretrained_puts_the_schedule_on_the_models_device(tmp_path, gen):
+    """N10: indexing a CPU schedule with GPU timesteps syncs the GPU at every step ("meta" stands in for it)."""
+    folder = pipeline_folder(tmp_path, random_twin(narrow(CIFAR10, ch=8, size=8), gen), "fixed_large")
+    model = UNet.from_pretrained(folder, device="meta")
+    assert model.conv_in.weight.device.type == model.schedule.betas.device.type == "meta"
+    assert model.schedule.alpha_bars.device.type == "meta"
+
+
+def test_unet_py_imports_the_file_format_only_inside_its_methods():
+    """The model does not depend on the file format: ddpm.unet imports ddpm.pretrained lazily."""
+    tree = ast.parse(Path(sys.modules["ddpm.unet"].__file__).read_text(encoding="utf-8"))
+    top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert not any("pretrained" in (getattr(node, "module", None) or "") or
+                   any("pretrained" in alias.name for alias in node.names) for node in top)
+
+
+# Writing safely ----------------------------------------------------------------------------------------------
+
+def weights_files(folder) -> list[str]:
+    return sorted(p.name for p in (folder / "unet").iterdir() if p.name.startswith("diffusion_pytorch_model"))
+
+
+def same_weights(a: UNet, b: UNet) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_saving_over_a_pipeline_replaces_it_whole(tmp_path, gen):
+    """N2: a .bin written over a .safetensors folder used to leave both, and the stale .safetensors was read."""
+    a, b = random_unet(gen), random_unet(gen)
+    s = NoiseSchedule.linear(10)
+    a.save_pretrained(tmp_path / "out", s, "fixedlarge")
+    b.save_pretrained(tmp_path / "out", s, "fixedlarge", safe_serialization=False)
+    assert weights_files(tmp_path / "out") == ["diffusion_pytorch_model.bin"]
+    assert same_weights(UNet.from_pretrained(tmp_path / "out"), b)
+    a.save_pretrained(tmp_path / "out", s, "fixedsmall")
+    assert weights_files(tmp_path / "out") == ["diffusion_pytorch_model.safetensors"]
+    assert same_weights(UNet.from_pretrained(tmp_path / "out"), a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left beside it
+
+
+def test_without_safetensors_nothing_is_written_and_the_error_says_what_to_do(tmp_path, monkeypatch):
+    """N3, D5: safetensors is in the hub extra only; the check comes before any file is written."""
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import safetensors then fails
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    model, s = UNet.preset("tiny"), NoiseSchedule.linear(10)
+    with pytest.raises(ImportError, match="pip install safetensors, or pass safe_serialization=False") as error:
+        model.save_pretrained(tmp_path / "out", s, "fixedlarge")
+    assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+    model.save_pretrained(tmp_path / "out", s, "fixedlarge", safe_serialization=False)
+    assert weights_files(tmp_path / "out") == ["diffusion_pytorch_model.bin"]
+
+
+def test_a_failure_while_writing_leaves_the_old_folder_as_it_was(tmp_path, gen, monkeypatch):
+    """A full disk halfway through the weights: the folder still holds the last complete pipeline, and nothing
+    half-written is left beside it."""
+    a, s = random_unet(gen), NoiseSchedule.linear(10)
+    a.save_pretrained(tmp_path / "out", s, "fixedlarge")
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+
+    def disk_full(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        random_unet(gen).save_pretrained(tmp_path / "out", s, "fixedsmall", safe_serialization=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert same_weights(UNet.from_pretrained(tmp_path / "out"), a)
+
+
+@pytest.mark.parametrize("other", ["README.md", "unet/notes.txt"])
+def test_a_folder_holding_other_files_is_not_overwritten(other, tmp_path):
+    model, s = UNet.preset("tiny"), NoiseSchedule.linear(10)
+    model.save_pretrained(tmp_path / "out", s, "fixedlarge")
+    (tmp_path / "out" / other).write_text("mine")
+    with pytest.raises(ValueError, match=f"holds \\['{other}'\\].*pass a new or empty one") as error:
+        model.save_pretrained(tmp_path / "out", s, "fixedsmall")
+    assert "\n" not in str(error.value) and (tmp_path / "out" / other).read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    model.save_pretrained(tmp_path / "empty", s, "fixedlarge")
+    assert weights_files(tmp_path / "empty") == ["diffusion_pytorch_model.safetensors"]
 
 
 # Errors ----------------------------------------------------------------------------------------------------------
@@ -225,7 +481,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
-HOW = r"huggingface-cli download google/ddpm-cifar10-32 --local-dir DIR.*pass its path"
+HOW = r"`hf download google/ddpm-cifar10-32 --local-dir DIR`.*pass its path"
 
 
 def test_a_hub_name_offline_fails_at_once_saying_how_to_download_it_elsewhere(no_network, monkeypatch, tmp_path):
