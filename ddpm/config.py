@@ -57,8 +57,9 @@ class TrainConfig:
                                "checkpoint is an error, so a run is never overwritten by accident)")
     seed: int = _opt(0, "seed of the initial weights, the data order, t, noise and dropout")
     device: str = _opt("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, mps, ...")
-    bf16: bool | None = _opt(None, "bfloat16 autocast (default: on where the device runs bf16 natively: "
-                                   "a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX)")
+    bf16: bool | None = _opt(None, "bfloat16 autocast (default: on where the device runs bf16 natively, "
+                                   "a CUDA GPU that supports it or a CPU with AVX512-BF16 or AMX, for "
+                                   "parameterization 'eps'; float32 for 'mu' and 'x0')")
     compile: bool | None = _opt(None, "torch.compile the model (default: on with CUDA)")
     channels_last: bool | None = _opt(None, "channels-last memory format (default: on with CUDA)")
     num_workers: int | None = _opt(None, "DataLoader worker processes, 0 loads in the main process "
@@ -136,8 +137,8 @@ def resolve(config: TrainConfig, image_shape, device: torch.device, world_size: 
                 data_dir=None if c.data_dir is None else str(c.data_dir),
                 **{k: v for k, v in {**paper, **defaults}.items() if getattr(c, k) is None},
                 **{k: cuda for k in ("compile", "channels_last") if getattr(c, k) is None})
-    if c.bf16 is None:
-        c = replace(c, bf16=native_bf16(device))
+    if c.bf16 is None:  # a μ̃ or x_0 output carries its signal below bf16's rounding at large t (review N5)
+        c = replace(c, bf16=native_bf16(device) and c.parameterization == "eps")
     if c.num_workers is None:
         c = replace(c, num_workers=min(8, os.cpu_count() or 1) if cuda else 0)
     for name in ("batch_size", "steps", "log_every", "num_samples", "T"):
