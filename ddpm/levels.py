@@ -1,9 +1,13 @@
 """The 256-level grid of 8-bit images in the model's range: k ↦ k/127.5 − 1 (Ho et al. 2020, §3.3).
 
-The levels are 2/255 apart, which is what the discretized decoder L_0 assumes.
+The levels are 2/255 apart, which is what the discretized decoder L_0 assumes. Images on the grid are also
+what :func:`save_grid` writes.
 """
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -21,3 +25,19 @@ def to_model_range(x_uint8) -> Tensor:
 def to_uint8(x: Tensor) -> Tensor:
     """The inverse of ``to_model_range``: [-1, 1] ↦ the nearest level round((x + 1)·127.5), clamped to 0..255."""
     return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def save_grid(images: Tensor, path) -> Path:
+    """Write images [N, C, H, W] (uint8 levels, or floats in [-1, 1] taken to the nearest level as by
+    ``to_uint8``) to ``path`` as one PNG grid, ⌈√N⌉ images a row; images under 64 pixels are scaled up by
+    nearest neighbour (an integer factor) to at least 64, so that a grid of small images can be seen."""
+    from torchvision.utils import save_image  # here: importing torchvision takes seconds
+
+    x = images.detach().cpu()
+    x = x if x.dtype == torch.uint8 else to_uint8(x)
+    scale = math.ceil(64 / x.shape[-1])
+    x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(x.float() / 255, path, nrow=math.ceil(math.sqrt(len(x))))
+    return path

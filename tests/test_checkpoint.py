@@ -5,6 +5,7 @@ import ast
 import errno
 import io
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,26 @@ def test_checkpoint_py_does_not_import_the_training_loop():
     tree = ast.parse((Path(checkpoint.__file__)).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "train" not in imported and "config" in imported
+
+
+def test_a_resumed_run_builds_the_network_its_checkpoint_was_trained_as(tmp_path):
+    """A checkpoint stores its UNet's architecture: a new run's preset is the original's network (tf_same
+    padding, fed t - 1). One written before checkpoints stored it (no "unet" entry) was trained as presets then
+    were, symmetric and fed t: it resumes, and loads, as that network, and stores it from then on."""
+    data = torch.rand(8, 1, 8, 8) * 2 - 1
+    cfg = TrainConfig(T=10, batch_size=4, steps=1, sample_every=0, out_dir=str(tmp_path / "new"))
+    train(cfg, dataset=data, progress=False)
+    state = load_checkpoint(tmp_path / "new" / "checkpoint.pt")
+    assert (state["unet"]["downsample_padding"], state["unet"]["t_offset"]) == ("tf_same", 1)
+    resumed = train(replace(cfg, steps=2, resume=True), dataset=data, progress=False)
+    assert (resumed.model.config["downsample_padding"], resumed.model.t_offset) == ("tf_same", 1)
+
+    old = tmp_path / "old" / "checkpoint.pt"
+    save_checkpoint({k: v for k, v in state.items() if k != "unet"}, old)
+    resumed = train(replace(cfg, steps=2, resume=True, out_dir=str(old.parent)), dataset=data, progress=False)
+    assert (resumed.model.config["downsample_padding"], resumed.model.t_offset) == ("symmetric", 0)
+    assert (resumed.ema.config["downsample_padding"], resumed.ema.t_offset) == ("symmetric", 0)
+    state = load_checkpoint(old)
+    assert (state["step"], state["unet"]["downsample_padding"], state["unet"]["t_offset"]) == (2, "symmetric", 0)
+    model, _, _ = load_model(old)
+    assert (model.config["downsample_padding"], model.t_offset) == ("symmetric", 0)

@@ -30,12 +30,23 @@ from ddpm.train import TrainConfig, train
 SETTINGS = dict(data="digits", model="tiny", dropout=0.0, T=50, batch_size=8, steps=4, warmup=2,
                 log_every=1, sample_every=4, num_samples=4, checkpoint_every=0, bf16=False)
 
-# Runs the real command line under torchrun and also saves each rank's weights, which the CLI does not, and
-# the batch sizes its network saw while sampling (without gradients).
+# Runs the real command line under torchrun and also saves each rank's weights, which the CLI does not, the
+# batch sizes its network saw while sampling (without gradients), and when it built the data set: rank 0's
+# takes half a second more, as a download would, and the other rank must start only after it is done.
 CAPTURE = """
-import os, sys, torch
+import os, sys, time, torch
 import ddpm.__main__ as cli
+import ddpm.train as loop
 from ddpm.unet import UNet
+built, real_get_dataset = [], loop.get_dataset
+def get_dataset(*args, **kwargs):
+    began = time.monotonic()
+    if os.environ["RANK"] == "0":
+        time.sleep(0.5)
+    dataset = real_get_dataset(*args, **kwargs)
+    built.append([began, time.monotonic()])
+    return dataset
+loop.get_dataset = get_dataset
 sampled, real_forward = [], UNet.forward
 def forward(self, x, t):
     if not torch.is_grad_enabled():
@@ -45,7 +56,7 @@ UNet.forward = forward
 real_train = cli.train
 def train(*args, **kwargs):
     result = real_train(*args, **kwargs)
-    state = {"model": result.model.state_dict(), "ema": result.ema.state_dict(), "sampled": sampled}
+    state = {"model": result.model.state_dict(), "ema": result.ema.state_dict(), "sampled": sampled, "built": built}
     torch.save(state, os.path.join(result.out_dir, f"rank{os.environ['RANK']}.pt"))
     return result
 cli.train = train
@@ -73,6 +84,9 @@ def test_two_processes_keep_identical_replicas_and_match_one_process(tmp_path, s
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for part in ("model", "ema"):
         assert all(torch.equal(ranks[0][part][k], ranks[1][part][k]) for k in ranks[0][part])
+    (began_0, done_0), = ranks[0]["built"]
+    (began_1, done_1), = ranks[1]["built"]
+    assert began_0 < done_0 <= began_1 < done_1  # rank 0 builds (downloads) the data first, then the others
 
     with open(out / "log.csv", newline="") as f:  # rank 0 alone writes the log and the checkpoint
         assert [int(row[0]) for row in list(csv.reader(f))[1:]] == [1, 2, 3, 4]

@@ -1,10 +1,13 @@
-"""The training loop: defaults, data order, EMA, atomic weights-only checkpoints, exact resume, NaN stop, GPU flags."""
+"""The training loop: defaults, data order, EMA, atomic weights-only checkpoints, exact resume, NaN stop, Ctrl-C,
+GPU flags, the run folder and the data checked before any work, the sample grid."""
 
 import csv
 import math
 import os
 import random
 import shlex
+import signal
+import subprocess
 from dataclasses import replace
 
 import numpy as np
@@ -20,6 +23,7 @@ from ddpm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng
 from ddpm.ema import ema_copy, ema_decay, ema_update
 from ddpm.batches import StepBatches, batch_indices, step_noise
 from ddpm.config import native_bf16
+from ddpm.losses import l_vlb
 from ddpm.train import NonFiniteLossError, TrainConfig, resolve, train
 
 
@@ -27,6 +31,8 @@ class TinyNet(nn.Module):
     """A small ε-network with a timestep embedding, GroupNorm and dropout, fast on a CPU."""
 
     def __init__(self, T=50, dropout=0.2, fail_at=None, fail_with=None):
+        """From forward call ``fail_at`` on: a kill (fail_with=None) or NaN outputs ("nan"); at that call only,
+        one Ctrl-C ("ctrl-c") or two ("ctrl-c twice"), sent as a terminal sends it, after which it computes on."""
         super().__init__()
         self.emb = nn.Embedding(T + 1, 8)
         self.conv1, self.norm = nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8)
@@ -36,13 +42,16 @@ class TinyNet(nn.Module):
     def forward(self, x, t):
         self.calls += 1
         failing = self.fail_at is not None and self.calls >= self.fail_at
-        if failing and self.fail_with != "nan":
+        if failing and self.fail_with is None:
             raise KeyboardInterrupt("simulated kill")
+        if self.calls == self.fail_at and self.fail_with in ("ctrl-c", "ctrl-c twice"):
+            for _ in range(2 if self.fail_with == "ctrl-c twice" else 1):
+                signal.raise_signal(signal.SIGINT)  # its Python handler runs before raise_signal returns
         h = self.conv1(x)
         self.dtypes.add(h.dtype)  # bfloat16 under autocast
         h = h + self.emb(t)[:, :, None, None]
         out = self.conv2(self.drop(F.silu(self.norm(h))))
-        return out * float("nan") if failing else out
+        return out * float("nan") if failing and self.fail_with == "nan" else out
 
 
 def images(n=24, seed=0):
@@ -101,7 +110,7 @@ def test_256_pixel_runs_default_to_the_papers_lr_and_batch():
 
 
 @pytest.mark.parametrize("device, probes, expected", [
-    ("cpu", {}, False),                        # this project's AMD EPYC: no AVX512-BF16, no AMX
+    ("cpu", {}, False),                        # a CPU without AVX512-BF16 or AMX
     ("cpu", {"avx512_bf16": True}, True),
     ("cpu", {"amx": True}, True),
     ("cuda", {"cuda": False}, False),          # e.g. a V100 or T4
@@ -115,6 +124,7 @@ def test_bf16_is_on_by_default_only_where_the_device_runs_it_natively(monkeypatc
 
 
 def test_bf16_default_on_this_machine_follows_its_cpu():
+    """Whatever CPU runs the tests (it varies from machine to machine): bf16 is on where it has either flag."""
     flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
     native_here = "avx512_bf16" in flags or "amx_tile" in flags
     assert resolve(TrainConfig(), (1, 8, 8), torch.device("cpu")).bf16 is native_here
@@ -264,7 +274,7 @@ def test_the_gpu_switches_are_honoured_on_a_cpu(tmp_path, monkeypatch):
     assert result.model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.isfinite(torch.tensor(result.losses)))
     compiled.clear()
-    native(monkeypatch)  # a CPU without native bf16, such as this project's
+    native(monkeypatch)  # a CPU without native bf16 (whatever this machine's CPU has)
     net = TinyNet(dropout=0.0)
     result = train(config(tmp_path / "off", steps=1), net, images(), progress=False)  # the CPU defaults: all off
     assert compiled == [] and net.dtypes == {torch.float32} and not result.config.bf16
@@ -288,13 +298,26 @@ def test_the_tiny_unet_learns_the_digits_and_saves_sample_grids(tmp_path, seed):
 
 
 def test_the_true_bound_as_objective(tmp_path):
-    """loss='vlb' trains on T · L_(t-1) (Eq. 5): finite, and it really is another objective than L_simple."""
+    """loss='vlb' trains on the bound's term L_(t-1) in bits/dim at the step's t (Eq. 5, see ``l_vlb``): the
+    first step's logged loss and gradient norm are those of l_vlb on that step's images, t and ε, computed here
+    directly with the initial network (L_simple gives another loss on the same draws)."""
     data = images()
-    simple = train(config(tmp_path / "simple", steps=3, flip=False), TinyNet(dropout=0.0), data, progress=False)
-    bound = train(config(tmp_path / "vlb", steps=3, flip=False, loss="vlb"), TinyNet(dropout=0.0), data,
-                  progress=False)
-    assert all(math.isfinite(v) for v in bound.losses)
-    assert bound.losses[0] != simple.losses[0]  # same draws, another loss
+    cfg = config(tmp_path, steps=1, flip=False, loss="vlb", variance="fixedsmall", bf16=False)
+    torch.manual_seed(0)
+    net = TinyNet(dropout=0.0)
+    initial = TinyNet(dropout=0.0)
+    initial.load_state_dict(net.state_dict())
+    bound = train(cfg, net, data, progress=False)
+    x0 = data[batch_indices(len(data), cfg.batch_size, cfg.seed, 0)]
+    t, noise, _ = step_noise(cfg.seed, 0, cfg.T, cfg.batch_size, x0.shape[1:])
+    s = cfg.noise_schedule()
+    expected = l_vlb(s, initial, x0, t, noise, "fixedsmall")
+    expected.backward()
+    norm = torch.stack([p.grad.norm() for p in initial.parameters()]).norm()
+    assert bound.losses[0] == pytest.approx(expected.item(), rel=1e-6)
+    assert bound.losses[0] != pytest.approx(train_mod.l_simple(s, initial, x0, t, noise).item(), rel=1e-3)
+    step_1 = read_log(tmp_path / "run" / "log.csv")[1]
+    assert float(step_1[3]) == pytest.approx(norm.item(), rel=1e-5)
     with pytest.raises(ValueError, match="loss must be 'simple' or 'vlb'"):
         train(config(tmp_path / "bad", loss="l1"), TinyNet(), data, progress=False)
 
@@ -373,9 +396,10 @@ def test_after_a_nan_stop_lr_warmup_and_clip_may_change_on_resume_and_are_record
     assert state["changes"] == [{"step": 4, "lr": [1e-3, 1e-4], "warmup": [3, 5], "grad_clip": [1.0, 0.5]}]
     assert (state["config"]["lr"], state["config"]["warmup"], state["config"]["grad_clip"]) == (1e-4, 5, 0.5)
     log = read_log(tmp_path / "run" / "log.csv")
-    assert log[0] == ["step", "loss", "lr", "note"] and [r[0] for r in log[1:]] == [str(k) for k in range(1, 11)]
-    assert log[5][3] == "resumed with lr=0.0001 (was 0.001), warmup=5 (was 3), grad_clip=0.5 (was 1.0)"
-    assert float(log[5][2]) == 1e-4 and all(r[3] == "" for r in log[1:5] + log[6:])
+    assert log[0] == ["step", "loss", "lr", "grad_norm", "note"]
+    assert [r[0] for r in log[1:]] == [str(k) for k in range(1, 11)]
+    assert log[5][4] == "resumed with lr=0.0001 (was 0.001), warmup=5 (was 3), grad_clip=0.5 (was 1.0)"
+    assert float(log[5][2]) == 1e-4 and all(r[4] == "" for r in log[1:5] + log[6:])
 
 
 def test_the_nan_and_ctrl_c_messages_give_a_command_that_works(tmp_path, monkeypatch):
@@ -397,7 +421,7 @@ def test_the_nan_and_ctrl_c_messages_give_a_command_that_works(tmp_path, monkeyp
         train(cfg, progress=False)
     monkeypatch.undo()
     message = str(caught.value)
-    assert message.startswith(f"stopped at step 2; the checkpoint of step 2 in {tmp_path / 'run'} is kept; "
+    assert message.startswith(f"at step 2; the checkpoint of step 2 in {tmp_path / 'run'} is kept; "
                               "continue with `python -m ddpm train ") and "\n" not in message
     argv = shlex.split(message.split("`")[1])
     assert argv[:4] == ["python", "-m", "ddpm", "train"] and argv[-1] == "--resume"
@@ -469,3 +493,122 @@ def test_log_csv_is_rewritten_atomically_on_resume(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(replace(cfg, resume=True, steps=6), TinyNet(), data, progress=False)
     assert (tmp_path / "run" / "log.csv").read_text() == before
+
+
+def test_ctrl_c_saves_the_last_finished_step_and_the_run_resumes_bit_for_bit(tmp_path):
+    """A Ctrl-C in the middle of step 6 lets step 6 finish, saves it (no checkpoint was due before step 8), says
+    so once, and gives Python's handler back; resumed from there, the run equals one that never stopped. A
+    second Ctrl-C stops at once: the step under way is dropped and the last checkpoint (none here) kept."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the test runner replaced it"
+    data = images()
+    cfg = config(tmp_path, steps=9, checkpoint_every=8, log_every=4)
+    torch.manual_seed(0)
+    straight = train(replace(cfg, out_dir=tmp_path / "straight"), TinyNet(), data, progress=False)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(cfg, TinyNet(fail_at=6, fail_with="ctrl-c"), data, progress=False)
+    assert str(caught.value) == (f"at step 6; saved the checkpoint of step 6 in {tmp_path / 'run'}; continue with "
+                                 "`the same train(...) call with config=replace(config, resume=True)`")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 6
+    assert [int(r[0]) for r in read_log(tmp_path / "run" / "log.csv")[1:]] == [1, 2, 3, 4, 5, 6]
+    resumed = train(replace(cfg, resume=True), TinyNet(), data, progress=False)
+    assert resumed.losses == straight.losses[6:]
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_log(tmp_path / "straight" / "log.csv") == read_log(tmp_path / "run" / "log.csv")
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(replace(cfg, out_dir=tmp_path / "twice"), TinyNet(fail_at=6, fail_with="ctrl-c twice"), data,
+              progress=False)
+    assert str(caught.value).startswith("at step 5; no checkpoint had been saved yet; continue with")
+    assert not (tmp_path / "twice" / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_log_without_the_grad_norm_column_still_resumes(tmp_path):
+    """log.csv written before it had a grad_norm column: cut back and rewritten with the column, left empty."""
+    data = images()
+    cfg = config(tmp_path, steps=4, checkpoint_every=2)
+    train(cfg, TinyNet(), data, progress=False)
+    path = tmp_path / "run" / "log.csv"
+    rows = read_log(path)
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["step", "loss", "lr", "note"]] + [[r[0], r[1], r[2], "old"] for r in rows[1:]])
+    train(replace(cfg, resume=True, steps=5), TinyNet(), data, progress=False)
+    log = read_log(path)
+    assert log[0] == ["step", "loss", "lr", "grad_norm", "note"] and [r[0] for r in log[1:]] == list("12345")
+    assert [r[1:3] for r in log[1:5]] == [r[1:3] for r in rows[1:5]]
+    assert all(r[3:] == ["", "old"] for r in log[1:5]) and float(log[5][3]) > 0 and log[5][4] == ""
+
+
+def test_an_unwritable_out_dir_is_refused_before_any_work(tmp_path):
+    """A ValueError that names out_dir and --out-dir, before the data is read (a missing .npy here)."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for out in (afile, afile / "run"):
+        with pytest.raises(ValueError, match=r"out_dir .* is a file; choose another with out_dir= \(--out-dir\)"):
+            train(TrainConfig(data=str(tmp_path / "missing.npy"), out_dir=str(out)), progress=False)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    immutable = os.geteuid() == 0  # root writes in a folder of mode 555: make it immutable instead
+    if immutable and subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("running as root, which writes in any folder chmod makes read-only, and chattr +i fails here")
+    try:
+        for out in (ro, ro / "run"):
+            with pytest.raises(ValueError, match=r"out_dir .* cannot be written: .*choose another .*--out-dir"):
+                train(TrainConfig(data=str(tmp_path / "missing.npy"), out_dir=str(out)), progress=False)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(ro)], check=True)
+        ro.chmod(0o755)
+
+
+def test_data_that_are_not_images_are_refused_in_one_line(tmp_path):
+    points = torch.randn(64, 2)  # 2-D points, as a toy data set holds them
+    with pytest.raises(ValueError, match=r"^train needs images: items \[C, H, W\].*item 0 of the data is of "
+                                         r"shape \[2\]; for other data \(e\.g\. 2-D points\)") as caught:
+        train(config(tmp_path), nn.Linear(2, 2), list(points), progress=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_sample_grid_uses_the_runs_sampling_variance(tmp_path, monkeypatch):
+    """σ_t² = β̃_t for a bound trained with it, and at 256x256 (as the original sampled its 256 models)."""
+    used = []
+
+    def sample(s, eps_model, shape, **kwargs):
+        used.append(kwargs["variance"])
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(train_mod, "sample", sample)
+    cfg = config(tmp_path, steps=1, sample_every=1, num_samples=1)
+    train(replace(cfg, out_dir=tmp_path / "8px"), TinyNet(), images(), progress=False)
+    train(replace(cfg, out_dir=tmp_path / "vlb", loss="vlb", variance="fixedsmall"), TinyNet(), images(),
+          progress=False)
+    big = torch.rand(4, 1, 256, 256) * 2 - 1
+    train(replace(cfg, out_dir=tmp_path / "256px", batch_size=2), TinyNet(), big, progress=False)
+    assert used == ["fixedlarge", "fixedsmall", "fixedsmall"]
+
+
+def test_a_mean_networks_grid_under_ddp_is_the_single_process_grid(tmp_path, monkeypatch):
+    """Each rank runs the network on its share of the grid, below the conversion of its output, so a μ̃-network
+    keeps its own mean (not one rebuilt from a clipped x̂_0, 80 levels apart here: this network's μ_θ = x_t
+    implies an x̂_0 far outside [-1, 1]). Two ranks, one after the other, with all_gather played by hand."""
+    cfg = TrainConfig(T=50, num_samples=4, parameterization="mu", bf16=False, image_size=8)
+    s, shape, net = cfg.noise_schedule(), (1, 8, 8), lambda x, t: x
+    cpu = torch.device("cpu")
+    train_mod._sample_grid(s, net, cfg, shape, cpu, tmp_path / "one.png")
+    shares = {}
+
+    def all_gather(out, mine):  # rank 1 runs first and leaves its share; rank 0 then gathers both
+        shares.setdefault(1, mine)
+        out[0].copy_(mine)
+        out[1].copy_(shares[1])
+
+    monkeypatch.setattr(train_mod.dist, "all_gather", all_gather)
+    for rank in (1, 0):
+        train_mod._sample_grid(s, net, cfg, shape, cpu, tmp_path / "two.png", rank=rank, world=2)
+    one, two = (np.asarray(Image.open(tmp_path / name), dtype=float) for name in ("one.png", "two.png"))
+    assert one.shape == two.shape and np.abs(one - two).max() <= 1
