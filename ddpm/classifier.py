@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .data import digits
 from .levels import to_model_range, to_uint8
-from .evaluate import _batches, _inference, frechet_distance
+from .evaluate import batches, inference, frechet_distance
 
 NUM_CLASSES = 10
 
@@ -68,7 +68,7 @@ def _shift(x: Tensor, generator: torch.Generator) -> Tensor:
 
 def accuracy(classifier: DigitsClassifier, images: Tensor, labels: Tensor) -> float:
     """The fraction of ``images`` whose most likely class is their label."""
-    with _inference(classifier):
+    with inference(classifier):
         return (classifier(images).argmax(1) == labels).double().mean().item()
 
 
@@ -114,9 +114,9 @@ def digit_features(classifier, images, batch_size: int = 1024) -> Tensor:
     """The classifier's penultimate features of digit images in [-1, 1], first rounded to the 256 levels
     (as a saved 8-bit image would be): [N, feature_dim], float64."""
     device = next(classifier.parameters()).device
-    with _inference(classifier):
+    with inference(classifier):
         out = [classifier.features(to_model_range(to_uint8(x)).to(device)).double().cpu()
-               for x in _batches(images, batch_size)]
+               for x in batches(images, batch_size)]
     return torch.cat(out)
 
 
@@ -125,9 +125,9 @@ def confidence_and_classes(classifier, images, batch_size: int = 1024) -> tuple[
     probability) and the effective number of classes among its guesses, exp(entropy of their histogram),
     which is 10 when every digit is guessed equally often. Images are rounded to 256 levels first."""
     device = next(classifier.parameters()).device
-    with _inference(classifier):
+    with inference(classifier):
         p = torch.cat([torch.softmax(classifier(to_model_range(to_uint8(x)).to(device)).double(), 1).cpu()
-                       for x in _batches(images, batch_size)])
+                       for x in batches(images, batch_size)])
     share = torch.bincount(p.argmax(1), minlength=NUM_CLASSES).double() / len(p)
     share = share[share > 0]
     return p.max(1).values.mean().item(), (-(share * share.log()).sum()).exp().item()

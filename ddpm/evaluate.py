@@ -45,7 +45,7 @@ def _estimate(x: Tensor) -> Estimate:
 
 
 @contextmanager
-def _inference(model):
+def inference(model):
     """No gradients, no autocast (the bound is scored in float32/float64 even inside a caller's bf16
     block) and, for an nn.Module, eval mode (dropout off) until the block ends."""
     was_training = isinstance(model, nn.Module) and model.training
@@ -59,7 +59,7 @@ def _inference(model):
             model.train()
 
 
-def _batches(data, batch_size: int, device=None):
+def batches(data, batch_size: int, device=None):
     """Float image tensors of at most ``batch_size`` images, from a tensor [N, ...] or an iterable of batches."""
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -86,10 +86,10 @@ def _num_images(data):
         return None
 
 
-def _progress_batches(data, batch_size: int, device, desc: str, progress: bool):
-    """:func:`_batches`, counted by a progress bar in images out of their total."""
+def progress_batches(data, batch_size: int, device, desc: str, progress: bool):
+    """:func:`batches`, counted by a progress bar in images out of their total."""
     with tqdm(total=_num_images(data), desc=desc, unit="image", disable=not progress, leave=False) as bar:
-        for chunk in _batches(data, batch_size, device):
+        for chunk in batches(data, batch_size, device):
             yield chunk
             bar.update(len(chunk))
 
@@ -145,8 +145,8 @@ def bits_per_dim(s: NoiseSchedule, eps_model: EpsModel, data, variance: str = "f
     ``vlb`` and the (image, t) pairs per model call.
     """
     parts = []
-    with _inference(eps_model):
-        for x0 in _progress_batches(data, batch_size, device, "bits/dim", progress):
+    with inference(eps_model):
+        for x0 in progress_batches(data, batch_size, device, "bits/dim", progress):
             parts.append(_bound_parts(vlb(s, eps_model, x0, variance, clip_denoised, batch_size=batch_size,
                                           generator=generator)))
     if not parts:
@@ -189,13 +189,13 @@ def paired_bits_per_dim(s: NoiseSchedule, eps_models, data, variance: str = "fix
     if not names:
         raise ValueError("paired_bits_per_dim needs at least one model in eps_models")
     parts, gen = [], None
-    for x0 in _progress_batches(data, batch_size, device, "bits/dim", progress):
+    for x0 in progress_batches(data, batch_size, device, "bits/dim", progress):
         if gen is None:
             gen = torch.Generator(x0.device).manual_seed(seed)
         state, row = gen.get_state(), []
         for name in names:
             gen.set_state(state)  # the same draws for every model
-            with _inference(eps_models[name]):
+            with inference(eps_models[name]):
                 row.append(_bound_parts(vlb(s, eps_models[name], x0, variance, clip_denoised,
                                             batch_size=batch_size, generator=gen)))
         parts.append(torch.stack(row, 1))
@@ -237,8 +237,8 @@ def rate_distortion(s: NoiseSchedule, eps_model: EpsModel, x0, variance: str = "
         return ((x - x0_hat) ** 2).flatten(1).mean(1)
 
     rates, distortions = [], []
-    with _inference(eps_model):
-        for x in _progress_batches(x0, batch_size, device, "rate-distortion", progress):
+    with inference(eps_model):
+        for x in progress_batches(x0, batch_size, device, "rate-distortion", progress):
             b = vlb(s, eps_model, x, variance, clip_denoised, batch_size=batch_size, generator=generator)
             after = b.terms_bpd.flip(1).cumsum(1).flip(1)  # column k: Σ_(j ≥ k) L_j
             received = b.prior_bpd[:, None] + torch.cat([after[:, 1:], after.new_zeros(len(x), 1)], 1)
@@ -273,8 +273,8 @@ def noise_prediction_metrics(s: NoiseSchedule, eps_model: EpsModel, x0, timestep
         return torch.stack([(err ** 2).sum(1), err.abs().sum(1), noise.sum(1), (noise ** 2).sum(1)], 1)
 
     parts, dims = [], 1
-    with _inference(eps_model):
-        for x in _progress_batches(x0, batch_size, device, "noise metrics", progress):
+    with inference(eps_model):
+        for x in progress_batches(x0, batch_size, device, "noise metrics", progress):
             dims = x[0].numel()
             parts.append(_per_t(s, eps_model, x, ts, batch_size, generator, sums))
     if not parts:
@@ -379,7 +379,7 @@ def fid(samples, reference, device=None, batch_size: int = 64, weights_path=None
     metric = metric.to(device)
     with torch.no_grad():
         for real, images in ((True, reference), (False, samples)):
-            for x in _progress_batches(images, batch_size, None, "FID", progress):
+            for x in progress_batches(images, batch_size, None, "FID", progress):
                 if x.dim() != 4 or x.shape[1] != 3:
                     raise ValueError(f"FID takes RGB images [N, 3, H, W], got a batch of shape {tuple(x.shape)}; "
                                      "for digits use ddpm.classifier.digits_frechet_distance")
