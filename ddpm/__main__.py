@@ -1,6 +1,6 @@
 """The command line: python -m ddpm train | sample | evaluate | export (each with --help).
 
-    python -m ddpm train --data digits                          # a 2-core CPU, about 5 minutes
+    python -m ddpm train --data digits                          # a free 2-core CPU: about 4.5 minutes
     python -m ddpm train --data celeba --data-dir DIR           # a GPU; torchrun --nproc_per_node N for several
     python -m ddpm sample --checkpoint runs/ddpm                # a PNG grid from the EMA weights
     python -m ddpm sample --num-samples 50000 --out-dir DIR --npy x.npy   # in batches, for FID
