@@ -291,6 +291,8 @@ class UNet(nn.Module):
         h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
         for layer in self.up:
             h = layer(h, emb) if isinstance(layer, Upsample) else layer(torch.cat([h, hs.pop()], dim=1), emb)
+        if not torch.amp.is_autocast_available(x.device.type):   # the meta device of a FLOP count
+            return self.conv_out(F.silu(self.norm_out(h)))
         with torch.autocast(x.device.type, enabled=False):
             h = h.to(self.conv_out.weight.dtype)
             return self.conv_out(F.silu(self.norm_out(h)))

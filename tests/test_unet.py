@@ -57,6 +57,14 @@ def test_celebahq256_has_the_papers_114M_parameters():
     assert n == 113_673_219 and round(n / 1e6) == 114
 
 
+def test_runs_on_the_meta_device_where_a_flop_count_builds_it():
+    """Chapter 7 counts FLOPs with a network on `meta`, where autocast does not exist."""
+    with torch.device("meta"):
+        m = UNet(**SMALL)
+        out = m(torch.randn(2, m.in_channels, m.image_size, m.image_size), torch.ones(2, dtype=torch.long))
+    assert out.device.type == "meta" and out.shape == (2, m.out_channels, m.image_size, m.image_size)
+
+
 @pytest.mark.parametrize("name", list(UNet.PRESETS))
 def test_each_preset_has_as_many_parameters_as_diffusers_unet2dmodel(name):
     with torch.device("meta"):
