@@ -4,7 +4,10 @@
 #      (bf16 autocast for all; ours also torch.compile + channels_last, and ours eager beside it);
 #   2. 1000-step sampling against diffusers' DDPMScheduler loop, same network and batch;
 #   3. a celeba64 run of 300 steps on a generated 64x64 stand-in, through ddpm.train.train as a user
-#      runs it: img/s, peak memory and a falling loss.
+#      runs it: img/s, peak memory and a falling loss;
+#   4. the GPU-only training paths as checks (benchmarks/gpu_checks.py): compile + channels_last, a resume
+#      that switches channels_last, bf16 autocast, fused Adam's state moved to the CPU. Exits non-zero
+#      if one fails.
 # Results go to $OUT (default benchmarks/gpu-run/): results.json, the training run, and gpu.log.
 #
 #   bash benchmarks/gpu.sh              # on a machine with a CUDA GPU
@@ -57,4 +60,6 @@ if device == "cuda":
 print(f"loss: mean of the first {k} logged steps {first:.4f}, of the last {k} {last:.4f} "
       f"({'falling' if last < first else 'NOT falling'})")
 PYTHON
+echo "== 4. the GPU-only training paths as checks"
+"$PY" benchmarks/gpu_checks.py --device "$DEVICE" --json "$OUT/checks.json"
 echo "== done $(date -Is)"
