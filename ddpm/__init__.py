@@ -3,6 +3,7 @@
 Timesteps are the paper's, t ∈ {1, …, T}, everywhere; index 0 of every schedule array is the clean data.
 """
 
+from . import book  # the chapters' run mode and seeds: ddpm.book.pick, run_mode, seed
 from .celeba import CelebA, ImageArray, fake_celeba, preprocess_celeba
 from .checkpoint import load_model
 from .classifier import (DigitsClassifier, FrechetScale, confidence_and_classes, digit_features,
@@ -21,7 +22,6 @@ from .parameterization import PARAMETERIZATIONS, as_eps_model
 from .posterior import predict_eps_from_x0, predict_x0_from_eps, q_posterior
 from .pretrained import save_pretrained
 from .reverse import ReverseStep, p_mean_variance, p_sample
-from .runtime import pick, run_mode, seed
 from .sampling import Trajectory, ddim_sample, ddim_step, ddim_timesteps, sample, sample_trajectory
 from .schedule import NoiseSchedule
 from .train import NonFiniteLossError, TrainConfig, TrainResult  # the loop itself: ddpm.train.train
@@ -34,7 +34,7 @@ __all__ = [
     "predict_eps_from_x0", "ReverseStep", "p_mean_variance", "p_sample", "normal_kl",
     "discretized_gaussian_log_likelihood", "gaussian_log_likelihood", "prior_bpd", "bound_term_bpd", "VLB", "vlb", "l_simple", "l_vlb",
     "eps_mse_weight", "variance_mismatch", "weighted_eps_mse", "sample", "sample_trajectory", "Trajectory",
-    "MemorizingOracle", "GaussianData", "GaussianMixture", "ddim_sample", "ddim_step", "ddim_timesteps", "run_mode", "pick", "seed",
+    "MemorizingOracle", "GaussianData", "GaussianMixture", "ddim_sample", "ddim_step", "ddim_timesteps",
     "TOY_2D", "CelebA", "ImageArray", "digits", "fake_celeba", "get_dataset", "preprocess_celeba", "to_model_range",
     "to_uint8", "toy_2d", "UNet", "timestep_embedding",
     "TrainConfig", "TrainResult", "NonFiniteLossError", "load_model",

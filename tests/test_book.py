@@ -87,7 +87,7 @@ def test_chapter_opens_with_title_goals_seed_and_mode(chapter):
     assert first.cell_type == "markdown" and first.source.startswith("# "), "cell 1 must start with '# Title'"
     assert "In this chapter you will be able to:" in first.source
     setup = cells[2].source
-    assert "ddpm.run_mode()" in setup and "ddpm.seed()" in setup, "cell 3 must read the run mode and the seed"
+    assert "ddpm.book.run_mode()" in setup and "ddpm.book.seed()" in setup, "cell 3 must read the run mode and the seed"
     top = "\n".join(c.source for c in cells[:6] if c.cell_type == "markdown")
     assert "quick mode" in top and "DDPM_MODE=full" in top, \
         "a sentence near the top must say the figures come from quick mode and how to switch (DDPM_MODE=full)"

@@ -22,7 +22,7 @@ from ddpm.data import TOY_2D, _curve_moments, _moons, _swissroll, digits, get_da
 from ddpm.levels import to_model_range, to_uint8
 from ddpm.likelihood import check_on_grid
 
-SEED = ddpm.seed()
+SEED = ddpm.book.seed()
 N_FAKE = 30  # fake_celeba's split: 24 train, 3 valid, 3 test
 
 

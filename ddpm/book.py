@@ -1,4 +1,5 @@
-"""The book's one switch between quick mode (a CPU, minutes) and full mode (the paper's sizes, a GPU), and its seeds."""
+"""What the book's chapters need and a user of the package does not: the one switch between quick mode (a CPU,
+minutes) and full mode (the paper's sizes, a GPU), and each run's seed. ``ddpm.book.pick(quick=..., full=...)``."""
 
 from __future__ import annotations
 
