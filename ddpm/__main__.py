@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import unwritable
 from .config import TrainConfig, native_bf16, resolve_device
 from .schedule import VARIANCES
 from .train import train
@@ -146,11 +147,8 @@ def _load(args, device: torch.device):
 
 def _writable_folder(folder: Path, flag: str, path) -> None:
     """Raise a ValueError unless ``folder`` is, or can be created as, a folder this process may write in."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        raise ValueError(f"{flag} {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: cannot write in {existing}")
+    if why := unwritable(folder):
+        raise ValueError(f"{flag} {path} cannot be written: {why}")
 
 
 def default_grid_path(checkpoint) -> Path:

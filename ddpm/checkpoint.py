@@ -82,6 +82,17 @@ def _disk_full(e: BaseException) -> bool:
     return False
 
 
+def unwritable(folder) -> str | None:
+    """Why ``folder`` cannot be, or be created as, a folder this process writes in; None when it can."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"this process may not write in {existing}"
+    return None
+
+
 def atomic_write(path, write) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``, so ``path``
     is always either the old file or the new one. The file gets the mode the umask gives (not 0600)."""

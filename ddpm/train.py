@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .batches import StepBatches, step_noise, step_seed
 from .checkpoint import (atomic_write, build_network, load_checkpoint, network_config, remove_stale_temporaries,
-                         rng_state, save_checkpoint, set_rng_state)
+                         rng_state, save_checkpoint, set_rng_state, unwritable)
 from .config import (TrainConfig, build_model, check_resumable, native_bf16, resolve, resolve_device,
                      sampling_variance)
 from .data import get_dataset
@@ -352,12 +352,8 @@ def _check_out_dir(config: TrainConfig) -> None:
     """A ValueError, before any work, unless out_dir is, or can be created as, a folder this process may
     write in, and holds no checkpoint unless resume=True."""
     out = Path(config.out_dir)
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists() or p == p.parent)
-    fix = "choose another with out_dir= (--out-dir)"
-    if not existing.is_dir():
-        raise ValueError(f"out_dir {out} cannot be a folder: {existing} is a file; {fix}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"out_dir {out} cannot be written: this process may not write in {existing}; {fix}")
+    if why := unwritable(out):
+        raise ValueError(f"out_dir {out} cannot be written: {why}; choose another with out_dir= (--out-dir)")
     if (out / "checkpoint.pt").exists() and not config.resume:
         raise ValueError(f"{out / 'checkpoint.pt'} already exists; pass resume=True (--resume) to continue that "
                          "run, or choose another out_dir")

@@ -548,7 +548,7 @@ def test_an_unwritable_out_dir_is_refused_before_any_work(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     for out in (afile, afile / "run"):
-        with pytest.raises(ValueError, match=r"out_dir .* is a file; choose another with out_dir= \(--out-dir\)"):
+        with pytest.raises(ValueError, match=r"out_dir .* cannot be written: .* is a file, not a folder; choose another with out_dir= \(--out-dir\)"):
             train(TrainConfig(data=str(tmp_path / "missing.npy"), out_dir=str(out)), progress=False)
     ro = tmp_path / "ro"
     ro.mkdir()
