@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .data import digits
 from .levels import to_model_range, to_uint8
-from .evaluate import batches, inference, frechet_distance
+from .evaluate import Estimate, batches, frechet_distance, inference, kid
 
 NUM_CLASSES = 10
 
@@ -139,6 +139,12 @@ def digits_frechet_distance(samples, reference, classifier, batch_size: int = 10
     Compare sets of equal size: the estimate is biased upward, the more so the fewer the images."""
     return frechet_distance(digit_features(classifier, samples, batch_size),
                             digit_features(classifier, reference, batch_size))
+
+
+def digits_kid(samples, reference, classifier, batch_size: int = 1024) -> Estimate:
+    """The kernel distance (:func:`ddpm.evaluate.kid`, unbiased, with a standard error) between digit samples
+    and real digits in the features of a :class:`ddpm.classifier.DigitsClassifier`."""
+    return kid(digit_features(classifier, samples, batch_size), digit_features(classifier, reference, batch_size))
 
 
 class FrechetScale(NamedTuple):
