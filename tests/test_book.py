@@ -28,11 +28,14 @@ CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
 MAX_BYTES = 2_000_000
 
 INSTALL_CELL = '''\
-# Installs the book's package `ddpm` when it is missing (a fresh Colab runtime); does nothing otherwise.
+# Installs the book's package `ddpm` when it is missing (a fresh Colab runtime);
+# does nothing otherwise.
 import importlib, importlib.util, os, subprocess, sys
 if importlib.util.find_spec("ddpm") is None:
-    source = os.environ.get("DDPM_SOURCE", "{url}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
+    source = os.environ.get("DDPM_SOURCE",
+                            "{url}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source],
+                   check=True)
     importlib.invalidate_caches()'''
 
 CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
