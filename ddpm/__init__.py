@@ -10,7 +10,7 @@ from .classifier import (DigitsClassifier, FrechetScale, confidence_and_classes,
                          digits_frechet_distance, digits_kid, frechet_reference_scale, train_digits_classifier)
 from .data import TOY_2D, digits, get_dataset, toy_2d
 from .evaluate import (BitsPerDim, Estimate, PairedBitsPerDim, RateDistortion, bits_per_dim, fid, frechet_distance,
-                       frechet_distance_gaussian, kid, noise_prediction_metrics, paired_bits_per_dim, rate_distortion)
+                       frechet_distance_gaussian, kid, kid_difference, noise_prediction_metrics, paired_bits_per_dim, rate_distortion)
 from .forward import naive_chain, q_chain, q_sample, q_step
 from .levels import to_model_range, to_uint8
 from .loading import Loaded, load
@@ -40,7 +40,7 @@ __all__ = [
     "TrainConfig", "TrainResult", "NonFiniteLossError", "load_model",
     "BitsPerDim", "Estimate", "RateDistortion", "bits_per_dim", "fid", "frechet_distance", "frechet_distance_gaussian",
     "noise_prediction_metrics", "rate_distortion", "DigitsClassifier", "FrechetScale", "digit_features",
-    "digits_frechet_distance", "digits_kid", "kid", "frechet_reference_scale", "train_digits_classifier", "confidence_and_classes",
+    "digits_frechet_distance", "digits_kid", "kid", "kid_difference", "frechet_reference_scale", "train_digits_classifier", "confidence_and_classes",
     "PairedBitsPerDim", "paired_bits_per_dim", "PARAMETERIZATIONS", "as_eps_model",
     "save_pretrained", "load", "Loaded",
 ]

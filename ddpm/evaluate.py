@@ -348,17 +348,9 @@ def _features(name: str, f) -> Tensor:
     return f
 
 
-def kid(features_a, features_b) -> Estimate:
-    """The kernel inception distance (Bińkowski et al. 2018): the unbiased estimate of MMD² between two
-    feature sets [m, D] and [n, D] with the cubic kernel k(x, y) = (xᵀy / D + 1)³ over all pairs,
-
-        mean_{i≠j} k(a_i, a_j) + mean_{i≠j} k(b_i, b_j) − 2 mean_{i,j} k(a_i, b_j),
-
-    and its standard error by the two-sample jackknife (leave one a_i out, then one b_j; exact row sums,
-    no recomputation). Unbiased: its mean is 0 when both sets come from one distribution, so, unlike the
-    Fréchet distance of a few hundred images, it can be negative and small sets can be compared.
-    """
-    a, b = _features("features_a", features_a), _features("features_b", features_b)
+def _kid_jackknife(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The unbiased MMD² of the cubic kernel, and its values without each a_i and without each b_j in turn
+    (from row sums: no recomputation)."""
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"the feature sets have different dimensions, {a.shape[1]} and {b.shape[1]}")
     d, m, n = a.shape[1], len(a), len(b)
@@ -367,14 +359,46 @@ def kid(features_a, features_b) -> Estimate:
     s_aa, s_bb, c_a, c_b = r_aa.sum(), r_bb.sum(), k_ab.sum(1), k_ab.sum(0)
     s_ab = c_a.sum()
     value = s_aa / (m * (m - 1)) + s_bb / (n * (n - 1)) - 2 * s_ab / (m * n)
-    # the estimate without a_i, for each i; then without b_j
     drop_a = ((s_aa - 2 * r_aa) / ((m - 1) * (m - 2)) + s_bb / (n * (n - 1))
               - 2 * (s_ab - c_a) / ((m - 1) * n))
     drop_b = (s_aa / (m * (m - 1)) + (s_bb - 2 * r_bb) / ((n - 1) * (n - 2))
               - 2 * (s_ab - c_b) / (m * (n - 1)))
-    var = ((m - 1) / m * ((drop_a - drop_a.mean()) ** 2).sum()
-           + (n - 1) / n * ((drop_b - drop_b.mean()) ** 2).sum())
-    return Estimate(value.item(), var.sqrt().item())
+    return value, drop_a, drop_b
+
+
+def _jackknife_se(drop_a: Tensor, drop_b: Tensor) -> float:
+    """The two-sample jackknife: (m−1)/m Σ_i (θ_(−i) − θ̄)² + (n−1)/n Σ_j (θ_(−j) − θ̄)², square-rooted."""
+    m, n = len(drop_a), len(drop_b)
+    var = (m - 1) / m * ((drop_a - drop_a.mean()) ** 2).sum() + (n - 1) / n * ((drop_b - drop_b.mean()) ** 2).sum()
+    return var.sqrt().item()
+
+
+def kid(features_a, features_b) -> Estimate:
+    """The kernel inception distance (Bińkowski et al. 2018): the unbiased estimate of MMD² between two
+    feature sets [m, D] and [n, D] with the cubic kernel k(x, y) = (xᵀy / D + 1)³ over all pairs,
+
+        mean_{i≠j} k(a_i, a_j) + mean_{i≠j} k(b_i, b_j) − 2 mean_{i,j} k(a_i, b_j),
+
+    and its standard error by the two-sample jackknife (leave one a_i out, then one b_j). Unbiased: its
+    mean is 0 when both sets come from one distribution, so, unlike the Fréchet distance of a few hundred
+    images, it can be negative and small sets can be compared. There the jackknife errs high (the
+    statistic is degenerate); between different distributions it matches the estimate's spread.
+    """
+    a, b = _features("features_a", features_a), _features("features_b", features_b)
+    value, drop_a, drop_b = _kid_jackknife(a, b)
+    return Estimate(value.item(), _jackknife_se(drop_a, drop_b))
+
+
+def kid_difference(features_a1, features_a2, features_b) -> Estimate:
+    """KID(a1, b) − KID(a2, b) for two paired sets (row i of a1 and of a2 share something, such as the
+    starting noise of two samplers) against one reference set b, with its jackknife standard error: row i
+    is left out of both sets at once, so what the pair shares cancels, and b's own term cancels exactly."""
+    a1, a2 = _features("features_a1", features_a1), _features("features_a2", features_a2)
+    if a1.shape != a2.shape:
+        raise ValueError(f"paired feature sets must have the same shape, got {tuple(a1.shape)} and {tuple(a2.shape)}")
+    b = _features("features_b", features_b)
+    (v1, da1, db1), (v2, da2, db2) = _kid_jackknife(a1, b), _kid_jackknife(a2, b)
+    return Estimate((v1 - v2).item(), _jackknife_se(da1 - da2, db1 - db2))
 
 
 # ----------------------------------------------------------------------------------------- FID

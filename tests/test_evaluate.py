@@ -346,6 +346,39 @@ def test_kid_is_unbiased_and_its_standard_error_matches_its_spread(gen):
     assert 0.8 < errors.mean() / values.std() < 1.2
 
 
+def test_kid_difference_of_paired_sets_and_its_jackknife_error(gen):
+    a1 = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    a2 = a1 + 0.3 * torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(8, 3, generator=gen, dtype=torch.float64) + 0.5
+    est = ddpm.kid_difference(a1, a2, b)
+    assert est.mean == pytest.approx(kid_by_pairs(a1, b) - kid_by_pairs(a2, b), rel=1e-12, abs=1e-12)
+    keep_a, keep_b = (lambda i: torch.arange(6) != i), (lambda j: torch.arange(8) != j)
+    drop_a = np.array([kid_by_pairs(a1[keep_a(i)], b) - kid_by_pairs(a2[keep_a(i)], b) for i in range(6)])
+    drop_b = np.array([kid_by_pairs(a1, b[keep_b(j)]) - kid_by_pairs(a2, b[keep_b(j)]) for j in range(8)])
+    var = 5 / 6 * ((drop_a - drop_a.mean()) ** 2).sum() + 7 / 8 * ((drop_b - drop_b.mean()) ** 2).sum()
+    assert est.se == pytest.approx(math.sqrt(var), rel=1e-9)
+    with pytest.raises(ValueError, match="same shape"):
+        ddpm.kid_difference(a1, a2[:5], b)
+
+
+def test_kid_difference_standard_error_matches_its_spread_for_paired_sets(gen):
+    """300 triples: a2 is a1 moved a little, as a sampler with more steps moves the samples of one x_T.
+    The mean SE matches the differences' spread within 20% (measured 0.91 to 0.99 over seeds 1-5), and is
+    about a quarter of the unpaired errors combined (0.24)."""
+    diffs, errors, unpaired = [], [], []
+    for _ in range(300):
+        a1 = torch.randn(40, 4, generator=gen, dtype=torch.float64) + 0.5
+        a2 = a1 + 0.2 * torch.randn(40, 4, generator=gen, dtype=torch.float64) - 0.1
+        b = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+        est = ddpm.kid_difference(a1, a2, b)
+        diffs.append(est.mean)
+        errors.append(est.se)
+        unpaired.append(math.hypot(ddpm.kid(a1, b).se, ddpm.kid(a2, b).se))
+    diffs, errors, unpaired = torch.tensor(diffs), torch.tensor(errors), torch.tensor(unpaired)
+    assert 0.8 < errors.mean() / diffs.std() < 1.2
+    assert errors.mean() < unpaired.mean() / 2
+
+
 def test_kid_detects_a_shift_that_a_same_distribution_pair_does_not_show(gen):
     a, same = torch.randn(2, 200, 8, generator=gen, dtype=torch.float64)
     shifted = torch.randn(200, 8, generator=gen, dtype=torch.float64) + 0.5
