@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -121,6 +122,31 @@ def test_notebook_is_small_and_committed_executed_in_quick_mode(chapter):
     assert "run mode: quick" in printed, "commit the notebook executed in quick mode"
     # `make book` and `make test` start the long chapters first by these times (tests/chapter_times.py)
     assert recorded_seconds(chapter) > 0, "commit the notebook with its cells' execution timestamps"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
+def test_rendered_page_rules(chapter):
+    """What the rendered page needs: code that does not scroll sideways, no temporary paths that change every
+    run, no single output over 500 kB, no saved widget state (a static page cannot run it)."""
+    nb = read(chapter)
+    assert "widgets" not in nb.metadata, "strip the saved widget state from the notebook's metadata"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        long = [line for line in cell.source.splitlines() if len(line) > 88]
+        assert not long, f"cell {i}: code lines over 88 characters: {long[0]!r}"
+        for output in cell.outputs:
+            text = json.dumps(output)
+            assert len(text) < 500_000, f"cell {i}: an output of {len(text) / 1e3:.0f} kB; keep each under 500 kB"
+            assert "/tmp/" not in text and tempfile.gettempdir() + os.sep not in text, \
+                f"cell {i}: a temporary path in the output; print paths relative to the run folder"
+
+
+def test_every_bibliography_entry_is_cited():
+    bib = (BOOK / "references.bib").read_text(encoding="utf-8")
+    cited = {key.strip() for text in book_texts().values() for group in CITE.findall(text) for key in group.split(",")}
+    unused = sorted(set(re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", bib)) - cited)
+    assert not unused, f"in book/references.bib but never cited: {unused}"
 
 
 def test_chapter_orders_put_the_longest_first_and_pair_it_with_the_shortest(tmp_path):
