@@ -4,7 +4,8 @@ For each seed, train the digits model with chapter 7's recipe (the package defau
 draw 128 digits from one x_T with DDIM (eta = 0) at 5, 10, 20, 50 and 200 steps and with Algorithm 2 (the
 same x_T), and score each set with ddpm.kid against the 359 held-out digits in the features of chapter 9's
 digits classifier; also two halves of the held-out digits against each other (the floor) and uniform
-noise (the ceiling). Exactly the chapter's computation in quick mode.
+noise (the ceiling); and each sampler's paired difference from DDIM with 200 steps (ddpm.kid_difference).
+Exactly the chapter's computation in quick mode.
 
     python benchmarks/ddim_seeds.py --seeds 0 1 2 3 4 --json benchmarks/ddim_seeds.jsonl
     python benchmarks/ddim_seeds.py --summarize benchmarks/ddim_seeds.jsonl
@@ -38,27 +39,34 @@ def one_seed(seed: int, n: int = 128) -> dict:
     samples = {str(k): ddpm.ddim_sample(s, model, x_T.shape, k, eta=0.0, x_T=x_T) for k in N_STEPS}
     samples["algorithm 2"] = ddpm.sample(s, model, x_T.shape, generator=gen, x_T=x_T)
     samples["uniform noise"] = torch.rand(x_T.shape, generator=gen) * 2 - 1
-    kid = {k: tuple(ddpm.kid(ddpm.digit_features(classifier, x), real)) for k, x in samples.items()}
+    features = {k: ddpm.digit_features(classifier, x) for k, x in samples.items()}
+    kid = {k: tuple(ddpm.kid(f, real)) for k, f in features.items()}
+    minus_200 = {k: tuple(ddpm.kid_difference(f, features["200"], real)) for k, f in features.items()
+                 if k not in ("200", "uniform noise")}
     return {"seed": seed, "steps": result.step, "batch_size": result.config.batch_size, "bf16": result.config.bf16,
-            "n": n, "kid": kid, "real_vs_real": tuple(floor)}
+            "n": n, "kid": kid, "minus_200": minus_200, "real_vs_real": tuple(floor)}
 
 
 def summarize(rows: list[dict]) -> str:
-    lines = [f"{len(rows)} seeds ({', '.join(str(r['seed']) for r in rows)}); KID x 1000, mean ± standard error "
+    lines = [f"{len(rows)} seeds ({', '.join(str(r['seed']) for r in rows)}); KID, mean ± standard error "
              "over seeds (smallest to largest), and the median of the per-seed standard errors",
-             "", "| sampler | KID x 1000 | its SE within a seed |", "|---|---|---|"]
+             "", "| sampler | KID | its SE within a seed |", "|---|---|---|"]
     for key in [*rows[0]["kid"], "real vs real"]:
         pairs = [r["real_vs_real"] if key == "real vs real" else r["kid"][key] for r in rows]
         label = f"DDIM, eta = 0, {key} steps" if key[0].isdigit() else key
         se = torch.tensor([p[1] for p in pairs]).median().item()
-        lines.append(f"| {label} | {mean_se([1000 * p[0] for p in pairs], 1)} | {1000 * se:.1f} |")
-    lines += ["", "Within each seed, the difference from DDIM with 200 steps in units of the combined standard "
-              "error sqrt(se² + se_200²):", ""]
-    for key in rows[0]["kid"]:
-        if key not in ("200", "uniform noise"):
-            z = [(r["kid"][key][0] - r["kid"]["200"][0]) / (r["kid"][key][1] ** 2 + r["kid"]["200"][1] ** 2) ** 0.5
-                 for r in rows]
-            lines.append(f"- {key}: {mean_se(z, 1)}")
+        lines.append(f"| {label} | {mean_se([p[0] for p in pairs], 0)} | {se:.0f} |")
+    lines += ["", "Within each seed, the paired difference from DDIM with 200 steps (ddpm.kid_difference: the same "
+              "x_T), and the same in its standard errors:", ""]
+    for key in rows[0]["minus_200"]:
+        pairs = [r["minus_200"][key] for r in rows]
+        lines.append(f"- {key}: {mean_se([p[0] for p in pairs], 0)}; "
+                     f"{mean_se([p[0] / p[1] for p in pairs], 1)} SE")
+    z_noise = [(r["kid"]["uniform noise"][0] - r["kid"]["200"][0])
+               / (r["kid"]["uniform noise"][1] ** 2 + r["kid"]["200"][1] ** 2) ** 0.5 for r in rows]
+    z_floor = [r["real_vs_real"][0] / r["real_vs_real"][1] for r in rows]
+    lines += ["", f"uniform noise above DDIM with 200 steps, in combined SE: {mean_se(z_noise, 1)}",
+              f"real vs real, in its SE: {mean_se(z_floor, 2)}"]
     return "\n".join(lines)
 
 
