@@ -152,6 +152,8 @@ class CelebA(Dataset):
             return "not an image"
         except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt
             return "truncated or corrupt: " + " ".join(str(e).split())
+        if why := _jpeg_problem(self.files[i]):  # decodable, yet cut short: agree with the check at build
+            return why
         if img.size != CELEBA_SIZE:
             return (f"{img.size[0]}x{img.size[1]}, not {CELEBA_SIZE[0]}x{CELEBA_SIZE[1]} as the aligned "
                     "images of img_align_celeba")
