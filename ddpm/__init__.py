@@ -24,6 +24,8 @@ from .pretrained import save_pretrained
 from .reverse import ReverseStep, p_mean_variance, p_sample
 from .sampling import Trajectory, ddim_sample, ddim_step, ddim_timesteps, sample, sample_trajectory
 from .schedule import NoiseSchedule
+from . import sde  # continuous time: the SDE, the probability-flow ODE, their samplers and likelihood
+from .sde import VPSDE
 from .train import NonFiniteLossError, TrainConfig, TrainResult  # the loop itself: ddpm.train.train
 from .unet import UNet, timestep_embedding
 
@@ -42,5 +44,5 @@ __all__ = [
     "noise_prediction_metrics", "rate_distortion", "DigitsClassifier", "FrechetScale", "digit_features",
     "digits_frechet_distance", "digits_kid", "kid", "kid_difference", "frechet_reference_scale", "train_digits_classifier", "confidence_and_classes",
     "PairedBitsPerDim", "paired_bits_per_dim", "PARAMETERIZATIONS", "as_eps_model",
-    "save_pretrained", "load", "Loaded",
+    "save_pretrained", "load", "Loaded", "sde", "VPSDE",
 ]

@@ -152,3 +152,13 @@ class GaussianMixture:
 
     def __call__(self, xt: Tensor, t: Tensor) -> Tensor:
         return -extract((1 - self.s.alpha_bars).sqrt(), t, xt) * self.score(xt, t)
+
+    def diffused(self, alpha_bar: float) -> "GaussianMixture":
+        """The law of √ᾱ x_0 + √(1 − ᾱ) ε for any ᾱ in (0, 1], not only the schedule's ᾱ_t: again a mixture,
+        with means √ᾱ m_k and stds √(ᾱ s_k² + 1 − ᾱ). Its ``log_density``, ``score`` and ``sample`` at t = 0
+        are those of the noisy data at that ᾱ (a continuous time of the SDE, ``ddpm.sde``)."""
+        ab = float(alpha_bar)
+        if not 0 < ab <= 1:
+            raise ValueError(f"alpha_bar must lie in (0, 1], got {ab}")
+        return GaussianMixture(self.s, math.sqrt(ab) * self.means, (ab * self.stds ** 2 + 1 - ab).sqrt(),
+                               self.weights)
