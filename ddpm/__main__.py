@@ -311,10 +311,8 @@ def _run_export(args) -> int:
     from .pretrained import save_pretrained
 
     loaded = _load(args, torch.device("cpu"))
-    if loaded.parameterization != "eps":
-        raise ValueError(f"{args.checkpoint}'s network outputs {loaded.parameterization!r}, not the noise: "
-                         "diffusers' DDPMPipeline samples networks that predict eps (parameterization='eps')")
-    folder = save_pretrained(loaded.network, args.out, loaded.schedule.to("cpu"), args.variance or loaded.variance)
+    folder = save_pretrained(loaded.network, args.out, loaded.schedule.to("cpu"), args.variance or loaded.variance,
+                             parameterization=loaded.parameterization)
     print(f"wrote {folder}: a diffusers pipeline folder (model_index.json, unet/, scheduler/); load it with "
           f"diffusers.DDPMPipeline.from_pretrained({str(folder)!r}) or ddpm.load({str(folder)!r})")
     return 0
@@ -353,7 +351,9 @@ def parser() -> argparse.ArgumentParser:
     pe.set_defaults(run=_run_evaluate)
     px = sub.add_parser("export", help="write a checkpoint as a diffusers pipeline folder (DDPMPipeline reads it)",
                         description="Write a trained network, its noise schedule and its sampling variance in "
-                        "diffusers' layout: model_index.json, unet/ (config.json, safetensors weights), scheduler/. "
+                        "diffusers' layout: model_index.json, unet/ (config.json, safetensors weights), scheduler/, "
+                        "whose prediction_type is what the network outputs: parameterization eps, x0 or v as "
+                        "epsilon, sample or v_prediction (mu has no diffusers counterpart and is refused). "
                         "diffusers' UNet2DModel then computes at its timestep k = t - 1 what ddpm computes at the "
                         "paper's t. Defaults are in [brackets].")
     _common(px, draws=False)

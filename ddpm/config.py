@@ -32,7 +32,8 @@ class TrainConfig:
     beta_T: float = _opt(0.02, "last variance of the linear schedule")
     loss: str = _opt("simple", "training objective: 'simple' (L_simple, Eq. 14) or 'vlb' (the true bound, Eq. 5)")
     parameterization: str = _opt("eps", "what the network outputs: 'eps' (the noise, the paper's choice), "
-                                        "'mu' (the posterior mean, Table 2's baseline) or 'x0'")
+                                        "'mu' (the posterior mean, Table 2's baseline), 'x0', or 'v' "
+                                        "(sqrt(abar_t) eps - sqrt(1 - abar_t) x0, Salimans & Ho 2022)")
     variance: str = _opt("fixedlarge", "sigma_t^2 of p_theta for loss='vlb': 'fixedlarge' (beta_t) or "
                                        "'fixedsmall' (beta-tilde_t)")
     batch_size: int | None = _opt(None, "GLOBAL batch size, divided evenly across torchrun processes "
@@ -59,7 +60,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:1, mps, ...")
     bf16: bool | None = _opt(None, "bfloat16 autocast (default: on where the device runs bf16 natively, "
                                    "a CUDA GPU that supports it or a CPU with AVX512-BF16 or AMX, for "
-                                   "parameterization 'eps'; float32 for 'mu' and 'x0')")
+                                   "parameterization 'eps' and 'v'; float32 for 'mu' and 'x0')")
     compile: bool | None = _opt(None, "torch.compile the model (default: on with CUDA)")
     channels_last: bool | None = _opt(None, "channels-last memory format (default: on with CUDA)")
     num_workers: int | None = _opt(None, "DataLoader worker processes, 0 loads in the main process "
@@ -137,8 +138,12 @@ def resolve(config: TrainConfig, image_shape, device: torch.device, world_size: 
                 data_dir=None if c.data_dir is None else str(c.data_dir),
                 **{k: v for k, v in {**paper, **defaults}.items() if getattr(c, k) is None},
                 **{k: cuda for k in ("compile", "channels_last") if getattr(c, k) is None})
-    if c.bf16 is None:  # a μ̃ or x_0 output carries its signal below bf16's rounding at large t (review N5)
-        c = replace(c, bf16=native_bf16(device) and c.parameterization == "eps")
+    # A μ̃ or x_0 output carries its signal below bf16's rounding at large t (review N5). ε and v are O(1) outputs,
+    # and v̂ becomes ε̂ = √(1 − ᾱ_t) x_t + √ᾱ_t v̂ and x̂_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v̂ with coefficients ≤ 1, so its
+    # rounding is not amplified: it moves μ_θ = c1 x̂_0 + c2 x_t by c1 √(1 − ᾱ_t) δv, √ᾱ_t times what the same
+    # rounding of an ε output costs (tests/test_parameterization.py, test_a_bf16_v_output_is_not_amplified).
+    if c.bf16 is None:
+        c = replace(c, bf16=native_bf16(device) and c.parameterization in ("eps", "v"))
     if c.num_workers is None:
         c = replace(c, num_workers=min(8, os.cpu_count() or 1) if cuda else 0)
     for name in ("batch_size", "steps", "log_every", "num_samples", "T"):

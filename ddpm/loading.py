@@ -25,7 +25,7 @@ class Loaded(NamedTuple):
     variance: str                   # σ_t² it is sampled with: "fixedlarge" (β_t) or "fixedsmall" (β̃_t)
     shape: tuple                    # one image's [C, H, W]
     network: nn.Module              # the UNet itself, whatever it outputs
-    parameterization: str           # what the network outputs: "eps", "mu" or "x0"
+    parameterization: str           # what the network outputs: "eps", "mu", "x0" or "v"
     config: TrainConfig | None      # the training run's settings (None for a released model)
 
 
@@ -59,9 +59,11 @@ def load(path_or_name, device=None, use_ema: bool = True) -> Loaded:
     path = checkpoint_file(path_or_name)
     if path is None:
         network = UNet.from_pretrained(path_or_name, device=device)
-        return Loaded(network, network.schedule, network.variance,
-                      (network.in_channels, network.image_size, network.image_size), network, "eps", None)
+        s, parameterization = network.schedule, network.parameterization
+        return Loaded(as_eps_model(s, network, parameterization), s, network.variance,
+                      (network.in_channels, network.image_size, network.image_size), network, parameterization, None)
     network, config, shape = load_model(path, use_ema, device)
+    network.parameterization = config.parameterization  # as from_pretrained sets it, for save_pretrained
     s = config.noise_schedule().to(device)
     return Loaded(as_eps_model(s, network, config.parameterization), s, sampling_variance(config), shape, network,
                   config.parameterization, config)

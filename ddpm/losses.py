@@ -1,5 +1,5 @@
 """Training objectives of Ho et al. (2020): the true bound (Eq. 5), L_(t-1) as a weighted ε-MSE (Eq. 12),
-L_simple (Eq. 14), each for a network that outputs ε, μ̃ or x_0 (see :mod:`ddpm.parameterization`)."""
+L_simple (Eq. 14), each for a network that outputs ε, μ̃, x_0 or v (see :mod:`ddpm.parameterization`)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def l_simple(s: NoiseSchedule, eps_model: EpsModel, x0: Tensor, t=None, noise=No
              parameterization: str = "eps") -> Tensor:
     """Eq. 14: E_(t, x_0, ε) ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖², averaged over dimensions.
 
-    t ~ Uniform{1, …, T} and ε ~ N(0, I) are drawn when not given. For a network that outputs μ̃ or x_0
-    (``parameterization`` "mu" or "x0"), the same unweighted MSE of its own target: Table 2's ‖μ̃ − μ_θ‖².
+    t ~ Uniform{1, …, T} and ε ~ N(0, I) are drawn when not given. For a network that outputs μ̃, x_0 or v
+    (``parameterization`` "mu", "x0" or "v"), the same unweighted MSE of its own target: Table 2's ‖μ̃ − μ_θ‖²,
+    or Salimans & Ho's (2022) ‖v − v_θ‖².
     """
     t, noise = _draw(s, x0, t, noise, generator)
     xt = q_sample(s, x0, t, noise)

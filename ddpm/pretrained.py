@@ -13,7 +13,10 @@ models ``google/ddpm-{church,bedroom,cat}-256``, each 256x256 one with an ``-ema
 
 A bare ``unet/`` folder takes its sibling ``scheduler/``; with no scheduler config at all, the schedule is
 DDPMScheduler's default, the paper's. The Hub repositories' root files from 2022 are diffusers' first format:
-their ``GaussianDDPMScheduler`` config is read, their ``UNetModel`` config.json is refused.
+their ``GaussianDDPMScheduler`` config is read, their ``UNetModel`` config.json is refused. The scheduler's
+``prediction_type`` says what the network outputs: "epsilon" (ε, the paper's), "sample" (x_0) or "v_prediction"
+(v), ddpm's parameterizations "eps", "x0" and "v"; a network that outputs the posterior mean μ̃ ("mu") has no
+counterpart there and is not written.
 
 The same network is ``ddpm.UNet`` with two settings kept in its config: the original's stride-2 convolutions
 pad only the bottom and right (``downsample_padding="tf_same"``), and the original was fed t − 1
@@ -37,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .parameterization import check_parameterization
 from .schedule import VARIANCES, NoiseSchedule, check_variance
 from .unet import frequencies
 
@@ -69,6 +73,7 @@ SCHEDULER_DEFAULTS = dict(
 PAPER = dict(clip_sample=True, clip_sample_range=1.0, thresholding=False, rescale_betas_zero_snr=False)
 GAUSSIAN_DDPM = {"timesteps": "num_train_timesteps", "clip_predicted_image": "clip_sample"}  # 2022 names
 DIFFUSERS_VARIANCE = {v: v.replace("fixed", "fixed_") for v in VARIANCES}  # diffusers' names: fixed_large, …
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # parameterization → prediction_type
 
 HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
 OLD_ATTENTION = re.compile(r"(attentions\.\d+)\.(query|key|value|proj_attn)\.")
@@ -78,11 +83,13 @@ NEW_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_o
 @dataclass
 class Checkpoint:
     """What a folder holds: ``UNet(**config)``'s arguments, the weights under diffusers' names, and the noise
-    schedule and variance ("fixedlarge": σ² = β, "fixedsmall": σ² = β̃) its scheduler config names."""
+    schedule, variance ("fixedlarge": σ² = β, "fixedsmall": σ² = β̃) and parameterization ("eps", "x0" or "v")
+    its scheduler config names."""
     config: dict
     weights: dict
     schedule: NoiseSchedule
     variance: str
+    parameterization: str
 
 
 # -- where the files are -------------------------------------------------------------------------------------
@@ -137,8 +144,8 @@ def read(folder) -> Checkpoint:
                                 f"folder with {UNET_CONFIG}, the weights and {SCHEDULER_CONFIG} side by side")
     scheduler = [p / SCHEDULER_CONFIG for p in (folder / "scheduler", unet, unet.parent / "scheduler")
                  if (p / SCHEDULER_CONFIG).is_file()]
-    config = unet_config(_read_json(unet / UNET_CONFIG))
-    return Checkpoint(config, read_weights(unet), *noise_schedule(_read_json(scheduler[0]) if scheduler else {}))
+    config, settings = unet_config(_read_json(unet / UNET_CONFIG)), _read_json(scheduler[0]) if scheduler else {}
+    return Checkpoint(config, read_weights(unet), *noise_schedule(settings), parameterization(settings))
 
 
 def _read_json(path: Path) -> dict:
@@ -206,9 +213,9 @@ def unet_config(diffusers_config: dict) -> dict:
                 downsample_padding="tf_same" if c["downsample_padding"] == 0 else "symmetric", t_offset=1)
 
 
-def noise_schedule(scheduler_config: dict) -> tuple[NoiseSchedule, str]:
-    """(NoiseSchedule, variance name) from a DDPMScheduler config (its defaults for absent keys) or a 2022
-    GaussianDDPMScheduler one; ValueError for settings that change the paper's schedule or sampler."""
+def scheduler_settings(scheduler_config: dict) -> dict:
+    """A DDPMScheduler config with its defaults for absent keys (a 2022 GaussianDDPMScheduler one renamed);
+    ValueError for keys DDPMScheduler does not take."""
     given = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     if scheduler_config.get("_class_name") == "GaussianDDPMScheduler":
         given = {GAUSSIAN_DDPM.get(k, k): v for k, v in given.items()}
@@ -217,13 +224,28 @@ def noise_schedule(scheduler_config: dict) -> tuple[NoiseSchedule, str]:
     if unknown:
         raise ValueError(f"scheduler_config.json has keys DDPMScheduler does not take, {unknown}: ddpm cannot tell "
                          "what schedule they describe")
-    c = {**SCHEDULER_DEFAULTS, **given}
+    return {**SCHEDULER_DEFAULTS, **given}
+
+
+def parameterization(scheduler_config: dict) -> str:
+    """What the network outputs ("eps", "x0" or "v"), from a scheduler config's ``prediction_type``."""
+    prediction_type = scheduler_settings(scheduler_config)["prediction_type"]
+    ours = {d: p for p, d in PREDICTION_TYPES.items()}.get(prediction_type)
+    if ours is None:
+        raise ValueError(f"prediction_type={prediction_type!r}: ddpm reads networks that predict the noise "
+                         f"('epsilon'), x_0 ('sample') or v ('v_prediction')")
+    return ours
+
+
+def noise_schedule(scheduler_config: dict) -> tuple[NoiseSchedule, str]:
+    """(NoiseSchedule, variance name) from a DDPMScheduler config (its defaults for absent keys) or a 2022
+    GaussianDDPMScheduler one; ValueError for settings that change the paper's schedule or sampler."""
+    c = scheduler_settings(scheduler_config)
     T, kind = c["num_train_timesteps"], c["beta_schedule"]
     variance = {d: ours for ours, d in DIFFUSERS_VARIANCE.items()}.get(str(c["variance_type"]).removesuffix("_log"))
-    if variance is None or c["prediction_type"] != "epsilon":
-        raise ValueError(f"variance_type={c['variance_type']!r}, prediction_type={c['prediction_type']!r}: "
-                         f"ddpm reads networks that predict the noise ('epsilon'), sampled with "
-                         f"{sorted(DIFFUSERS_VARIANCE.values())}")
+    if variance is None:
+        raise ValueError(f"variance_type={c['variance_type']!r}: ddpm samples with a fixed variance, "
+                         f"{sorted(DIFFUSERS_VARIANCE.values())}, not a learned one")
     changed = {k: c[k] for k, v in PAPER.items() if c[k] != v}
     if changed:
         raise ValueError(f"scheduler settings {changed} change the paper's schedule or sampler, which ddpm keeps "
@@ -350,8 +372,14 @@ def diffusers_config(model) -> dict:
             "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]}
 
 
-def scheduler_config(s: NoiseSchedule, variance: str) -> dict:
-    """A DDPMScheduler config for schedule ``s`` (linear β as its two ends, any other as the list of β)."""
+def scheduler_config(s: NoiseSchedule, variance: str, parameterization: str = "eps") -> dict:
+    """A DDPMScheduler config for schedule ``s`` (linear β as its two ends, any other as the list of β) and a
+    network that outputs ``parameterization``'s quantity (its ``prediction_type``)."""
+    if check_parameterization(parameterization) not in PREDICTION_TYPES:
+        raise ValueError(f"a network that outputs the posterior mean (parameterization 'mu') has no diffusers "
+                         f"counterpart: DDPMScheduler's prediction_type is {sorted(PREDICTION_TYPES.values())}; "
+                         "sample it with ddpm itself (python -m ddpm sample), or train parameterization 'eps', "
+                         "'x0' or 'v' to export")
     betas = s.betas[1:].cpu()
     linear = torch.allclose(betas, NoiseSchedule.linear(s.T, betas[0].item(), betas[-1].item()).betas[1:],
                             rtol=0, atol=1e-15)
@@ -359,19 +387,22 @@ def scheduler_config(s: NoiseSchedule, variance: str) -> dict:
                 else dict(trained_betas=betas.tolist()))
     return {"_class_name": "DDPMScheduler", "num_train_timesteps": s.T, **schedule,
             "variance_type": DIFFUSERS_VARIANCE[check_variance(variance)], "clip_sample": True,
-            "prediction_type": "epsilon"}
+            "prediction_type": PREDICTION_TYPES[parameterization]}
 
 
-def save_pretrained(model, folder, schedule: NoiseSchedule, variance: str, safe_serialization: bool = True) -> Path:
+def save_pretrained(model, folder, schedule: NoiseSchedule, variance: str, safe_serialization: bool = True, *,
+                    parameterization: str = "eps") -> Path:
     """Write ``model`` as a diffusers pipeline folder that ``UNet.from_pretrained`` and diffusers' DDPMPipeline
     read: model_index.json, unet/ (config and weights: .safetensors, or .bin when ``safe_serialization=False``)
-    and scheduler/ (``schedule`` and ``variance``). Any ``t_offset`` is written exactly (:func:`to_diffusers`).
+    and scheduler/ (``schedule``, ``variance``, and the ``prediction_type`` of ``parameterization``, what the
+    network outputs: "eps", "x0" or "v"; "mu" is refused before anything is written). Any ``t_offset`` is
+    written exactly (:func:`to_diffusers`).
     The folder is written whole beside ``folder`` and renamed into place, replacing a pipeline folder there (so
     no other weights are left), never anything else; a failure leaves ``folder`` as it was."""
     files = {INDEX: {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
                      "unet": ["diffusers", "UNet2DModel"]},
              f"unet/{UNET_CONFIG}": diffusers_config(model),
-             f"scheduler/{SCHEDULER_CONFIG}": scheduler_config(schedule, variance)}
+             f"scheduler/{SCHEDULER_CONFIG}": scheduler_config(schedule, variance, parameterization)}
     weights, (weights_file, write) = to_diffusers(model), weight_writer(safe_serialization)
     target = Path(folder).resolve()
     if target.exists() and not target.is_dir():

@@ -15,7 +15,7 @@ from .schedule import NoiseSchedule, check_variance, extract
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 """Any callable ``eps_model(x_t, t) -> ε̂`` with t a long tensor of shape [B] in {1, …, T}. It may also have
 a ``.variance`` (σ_t² it is sampled with by default) and a ``.prediction(x_t, t, bf16=False)`` that returns
-a :class:`Prediction` (a network that outputs μ̃ or x_0, :class:`ddpm.parameterization.AsEpsModel`)."""
+a :class:`Prediction` (a network that outputs μ̃, x_0 or v, :class:`ddpm.parameterization.AsEpsModel`)."""
 
 
 class Prediction(NamedTuple):

@@ -152,21 +152,24 @@ class UNet(nn.Module):
     def from_pretrained(cls, name_or_path, device="cpu") -> "UNet":
         """A released checkpoint in diffusers' layout (a Hub name such as ``google/ddpm-cifar10-32``, which
         needs the ``hub`` extra, or a local folder), in eval mode on ``device``, called with the paper's
-        t ∈ {1, …, T}. Its noise schedule (on ``device``) and variance ("fixedlarge" or "fixedsmall") are
-        ``.schedule`` and ``.variance``."""
+        t ∈ {1, …, T}. Its noise schedule (on ``device``), variance ("fixedlarge" or "fixedsmall") and what it
+        outputs ("eps", "x0" or "v", the scheduler's prediction_type) are ``.schedule``, ``.variance`` and
+        ``.parameterization``; ``ddpm.load`` gives its ε-model whatever it outputs."""
         from .pretrained import from_diffusers, locate, read
 
         checkpoint = read(locate(name_or_path))
         model = cls(**checkpoint.config)
         model.load_state_dict(from_diffusers(model, checkpoint.weights), strict=True)
         model.schedule, model.variance = checkpoint.schedule.to(device), checkpoint.variance
+        model.parameterization = checkpoint.parameterization
         return model.to(device).eval()
 
     def save_pretrained(self, folder, schedule=None, variance: str | None = None,
-                        safe_serialization: bool = True):
+                        safe_serialization: bool = True, *, parameterization: str | None = None):
         """Write this network as a diffusers pipeline folder that ``UNet.from_pretrained`` and diffusers'
-        ``DDPMPipeline`` read (see :func:`ddpm.pretrained.save_pretrained`), with ``schedule`` and ``variance``
-        ("fixedlarge" or "fixedsmall"); by default the ones ``from_pretrained`` set. Returns the folder."""
+        ``DDPMPipeline`` read (see :func:`ddpm.pretrained.save_pretrained`), with ``schedule``, ``variance``
+        ("fixedlarge" or "fixedsmall") and ``parameterization`` (what it outputs: "eps", "x0" or "v"); by default
+        the ones ``from_pretrained`` set ("eps" where none was set). Returns the folder."""
         from .pretrained import save_pretrained
 
         schedule = self.schedule if schedule is None else schedule
@@ -174,7 +177,8 @@ class UNet(nn.Module):
         if schedule is None or variance is None:
             raise ValueError("this UNet has no .schedule and .variance of its own (UNet.from_pretrained sets them): "
                              "pass schedule= (a NoiseSchedule) and variance= ('fixedlarge' or 'fixedsmall')")
-        return save_pretrained(self, folder, schedule, variance, safe_serialization)
+        return save_pretrained(self, folder, schedule, variance, safe_serialization,
+                               parameterization=parameterization or self.parameterization or "eps")
 
     def __init__(self, in_channels: int = 3, ch: int = 128, ch_mult=(1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions=(16,), dropout: float = 0.1, image_size: int = 32, out_channels: int | None = None,
@@ -206,7 +210,8 @@ class UNet(nn.Module):
         self.image_size, self.ch, self.ch_mult = image_size, ch, tuple(ch_mult)
         self.num_res_blocks, self.attn_resolutions = num_res_blocks, tuple(attn_resolutions)
         self.num_groups, self.t_offset = num_groups, t_offset
-        self.schedule, self.variance = None, None  # the NoiseSchedule and variance trained with, where known
+        # the NoiseSchedule, variance and parameterization trained with, where known (UNet.from_pretrained)
+        self.schedule, self.variance, self.parameterization = None, None, None
 
         # t ↦ sinusoid(t) ∈ R^ch → dense 4ch → swish → dense 4ch → swish; each ResBlock projects it.
         self.emb = nn.Sequential(nn.Linear(ch, 4 * ch), nn.SiLU(), nn.Linear(4 * ch, 4 * ch), nn.SiLU())

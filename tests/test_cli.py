@@ -365,6 +365,49 @@ def test_export_computes_what_the_checkpoint_computes_in_ddpm_and_in_diffusers(c
     assert (mine - pipe.unet(x, t).sample).abs().max() > 1e-3  # diffusers at t itself: the offset shows
 
 
+def trained(folder, parameterization: str) -> Path:
+    """A 2-step digits checkpoint like ``ckpt``'s, of a network that outputs ``parameterization``'s quantity."""
+    assert main(["train", "--data", "digits", "--steps", "2", *FAST, "--lr", "0.01", "--warmup", "0",
+                 "--parameterization", parameterization, "--out-dir", str(folder)]) == 0
+    return folder / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("parameterization, prediction_type", [("x0", "sample"), ("v", "v_prediction")])
+def test_an_x0_or_v_network_exports_with_its_prediction_type(parameterization, prediction_type, tmp_path, capsys):
+    """The folder's scheduler names what the network outputs, and ddpm.load reads it back as the checkpoint's own
+    ε-model: the same ε, bit for bit (the same weights, schedule and conversion), and the same samples."""
+    import ddpm
+    ckpt, folder = trained(tmp_path / "run", parameterization), tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder)]) == 0
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == prediction_type
+    ours, again = ddpm.load(ckpt), ddpm.load(folder)
+    assert ours.parameterization == again.parameterization == parameterization
+    assert ours.network.parameterization == again.network.parameterization == parameterization
+    torch.manual_seed(1)
+    x, t = torch.randn(6, 1, 8, 8), torch.tensor([1, 2, 7, 13, 19, 20])
+    with torch.no_grad():
+        eps, out = ours.model(x, t), ours.network(x, t)
+        assert torch.equal(again.model(x, t), eps)
+    assert (eps - out).abs().max() > 0.1  # the ε is not the network's output
+    drawn = {}
+    for name, source in (("checkpoint", ckpt), ("folder", folder)):
+        drawn[name] = tmp_path / f"{name}.npy"
+        assert main(["sample", "--checkpoint", str(source), "--num-samples", "4", "--seed", "5", "--no-bf16",
+                     "--out", str(tmp_path / f"{name}.png"), "--npy", str(drawn[name])]) == 0
+    assert np.array_equal(np.load(drawn["checkpoint"]), np.load(drawn["folder"]))
+
+
+def test_a_mean_network_s_export_is_refused_in_one_line(tmp_path, capsys):
+    """μ̃ has no diffusers prediction_type: exit code 2, one line that says what to do, nothing written."""
+    ckpt = trained(tmp_path / "run", "mu")
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "exported")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith("error: ") and "parameterization 'mu'" in error
+    assert "train parameterization 'eps', 'x0' or 'v'" in error and not (tmp_path / "exported").exists()
+
+
 def test_sample_and_evaluate_take_trains_run_folder(ckpt, tmp_path, capsys):
     """``--checkpoint RUN_FOLDER`` (train's --out-dir) finds the run's checkpoint.pt, and the grid goes inside."""
     assert main(["sample", "--checkpoint", str(ckpt.parent), "--num-samples", "2"]) == 0

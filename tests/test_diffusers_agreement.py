@@ -86,3 +86,50 @@ def test_posterior_mean_and_variance(name, t, gen):
     our_mean, our_var = ddpm.q_posterior(ours_s, x0, xt, t)
     assert torch.allclose(mean, our_mean, rtol=0, atol=ATOL * max(1.0, xt.abs().max().item()))
     assert std.item() ** 2 == pytest.approx(our_var.item(), rel=1e-3)  # a ratio of float32 differences
+
+
+def random_tiny_unet(gen):
+    """The tiny preset (the original's padding and t − 1) on 3x8x8 images, every weight drawn at random, the
+    output layer's 5 times larger, so that the output is O(1) (0.4-0.9 RMS)."""
+    model = ddpm.UNet.preset("tiny", in_channels=3, image_size=8, dropout=0.0).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_((0.5 if name.startswith("conv_out") else 0.1) * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("variance", ["fixedlarge", "fixedsmall"])
+def test_an_exported_v_network_takes_diffusers_ancestral_step(name, variance, tmp_path, gen):
+    """A network that outputs v, exported (prediction_type="v_prediction"): diffusers' DDPMPipeline runs its
+    UNet2DModel at k = t − 1 and one DDPMScheduler.step, ddpm.load(folder) one p_sample at the paper's t, with
+    the same noise; x̂_0 and x_(t−1) are compared. They differ by the two networks' float32 rounding (1e-5 of the
+    output's scale, test_pretrained.py), which reaches x̂_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v̂ and the mean with
+    coefficients ≤ 1, and by diffusers' float32 ᾱ (the bound of test_one_ancestral_step, whose condition is
+    1 + c1 here: v's x̂_0 divides by nothing). Measured over 3 seeds: at most 0.2 of the bound (x_(t−1) at t = 3,
+    5e-5 of the scale), 1e-3-1e-2 of it elsewhere. Read as ε instead, the same output gives an x̂_0 150-9600
+    times the bound away from t = 100 on (we require 20; at small t, v ≈ ε and the two readings agree)."""
+    s = SCHEDULES[name]
+    folder = ddpm.save_pretrained(random_tiny_unet(gen), tmp_path / "v", s, variance, parameterization="v")
+    pipe = diffusers.DDPMPipeline.from_pretrained(folder)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    loaded = ddpm.load(folder)
+    assert loaded.parameterization == "v" and loaded.variance == variance
+    for t in T_CHECK:
+        x0 = torch.rand(4, 3, 8, 8, generator=gen) * 1.8 - 0.9
+        xt = ddpm.q_sample(s, x0, t, torch.randn(x0.shape, generator=gen))
+        seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+        with torch.no_grad():
+            v = pipe.unet(xt, torch.full((4,), t - 1)).sample
+            theirs = pipe.scheduler.step(v, t - 1, xt, generator=torch.Generator().manual_seed(seed))
+            noise = torch.randn(xt.shape, generator=torch.Generator().manual_seed(seed))  # diffusers draws the same
+            ours, ours_x0 = ddpm.p_sample(s, loaded.model, xt, t, noise, variance)
+            as_eps_x0 = ddpm.p_mean_variance(s, loaded.network, xt, t, variance).pred_x0
+        scale = max(1.0, xt.abs().max().item(), v.abs().max().item())
+        float32_ab = ATOL + 2.0 ** -24 / (1 - s.alpha_bars[t].item())
+        bound = 1e-5 + ATOL * s.posterior_mean_coef1[t].item() + float32_ab
+        gaps = [(a - b).abs().max().item() / scale for a, b in
+                ((ours, theirs.prev_sample), (ours_x0, theirs.pred_original_sample))]
+        assert max(gaps) <= bound, (t, gaps, bound)
+        if t >= 100:
+            assert (as_eps_x0 - theirs.pred_original_sample).abs().max().item() / scale > 20 * bound, t

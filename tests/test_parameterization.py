@@ -1,4 +1,4 @@
-"""A network that outputs ε, μ̃ or x_0: the three describe one reverse step, so they must agree everywhere."""
+"""A network that outputs ε, μ̃, x_0 or v: the four describe one reverse step, so they must agree everywhere."""
 
 import math
 
@@ -7,14 +7,15 @@ import torch
 
 import ddpm
 from ddpm import NoiseSchedule
-from ddpm.parameterization import AsEpsModel, eps_from_output, target
+from ddpm.parameterization import AsEpsModel, eps_from_output, prediction_from_output, target
 
 D = 6
 
 
 def models(s, gen):
-    """An arbitrary ε-model (a random t-dependent linear map) and the μ̃- and x_0-models that encode the same
-    prediction, each built from Eqs. 4 and 7 written out with ᾱ and β (not with the code under test)."""
+    """An arbitrary ε-model (a random t-dependent linear map) and the μ̃-, x_0- and v-models that encode the same
+    prediction, each built from Eqs. 4 and 7 and v = √ᾱ ε − √(1 − ᾱ) x_0 written out with ᾱ and β (not with the
+    code under test)."""
     W = torch.randn(D, D, generator=gen, dtype=torch.float64) * 0.3
 
     def eps(x, t):
@@ -31,7 +32,14 @@ def models(s, gen):
         ab, ab_prev, beta = col(s.alpha_bars, t), col(s.alpha_bars, t - 1), col(s.betas, t)
         return (ab_prev.sqrt() * beta * x0(x, t) + (1 - ab_prev) * (1 - beta).sqrt() * x) / (1 - ab)
 
-    return {"eps": eps, "mu": mu, "x0": x0}
+    def v(x, t):
+        ab = col(s.alpha_bars, t)
+        return ab.sqrt() * eps(x, t) - (1 - ab).sqrt() * x0(x, t)
+
+    return {"eps": eps, "mu": mu, "x0": x0, "v": v}
+
+
+OTHERS = ("mu", "x0", "v")  # the parameterizations checked against "eps"
 
 
 def grid(gen, n):
@@ -45,12 +53,12 @@ def test_every_parameterization_gives_back_the_same_eps(gen):
     t = torch.randint(1, s.T + 1, (200,), generator=gen)
     t[:2] = torch.tensor([1, s.T])  # both ends
     eps = nets["eps"](x, t)
-    for p in ("mu", "x0"):
+    for p in OTHERS:
         assert torch.allclose(ddpm.as_eps_model(s, nets[p], p)(x, t), eps, rtol=1e-7, atol=1e-9), p
     assert ddpm.as_eps_model(s, nets["eps"], "eps") is nets["eps"]
 
 
-def test_the_true_bound_is_the_same_for_the_three(gen):
+def test_the_true_bound_is_the_same_for_the_four(gen):
     s = NoiseSchedule.linear(T=1000)
     nets = models(s, gen)
     x0 = grid(gen, 64)
@@ -60,12 +68,12 @@ def test_the_true_bound_is_the_same_for_the_three(gen):
     for variance in ("fixedlarge", "fixedsmall"):
         losses = {p: ddpm.l_vlb(s, net, x0, t, noise, variance, parameterization=p).item()
                   for p, net in nets.items()}
-        assert losses["mu"] == pytest.approx(losses["eps"], rel=1e-8)
-        assert losses["x0"] == pytest.approx(losses["eps"], rel=1e-8)
+        for p in OTHERS:
+            assert losses[p] == pytest.approx(losses["eps"], rel=1e-8), (p, variance)
 
 
-def test_unclipped_the_full_bound_and_the_samples_are_the_same_for_the_three(seed):
-    """With clip_denoised=False the three are one reverse step (with clipping they differ: the μ̃-network's
+def test_unclipped_the_full_bound_and_the_samples_are_the_same_for_the_four(seed):
+    """With clip_denoised=False the four are one reverse step (with clipping they differ: the μ̃-network's
     mean is its output, the others' mean is rebuilt from a clipped x̂_0; see the tests below)."""
     s = NoiseSchedule.linear(T=50, beta_1=1e-3, beta_T=0.3)
     nets = models(s, torch.Generator().manual_seed(seed))
@@ -77,7 +85,7 @@ def test_unclipped_the_full_bound_and_the_samples_are_the_same_for_the_three(see
         x = ddpm.sample(s, model, (8, D), clip_denoised=False, generator=torch.Generator().manual_seed(seed),
                         dtype=torch.float64)
         results[p] = b.total_bpd, x
-    for p in ("mu", "x0"):
+    for p in OTHERS:
         assert torch.allclose(results[p][0], results["eps"][0], rtol=1e-8), p
         assert torch.allclose(results[p][1], results["eps"][1], rtol=1e-7, atol=1e-9), p
 
@@ -218,8 +226,9 @@ def test_a_bf16_output_is_converted_in_float32(parameterization, t, gen):
 
 
 def test_the_unweighted_mse_targets(gen):
-    """‖μ̃ − μ_θ‖² = c_t² (1 − ᾱ_t)/ᾱ_t ‖ε − ε_θ‖² with c_t = √ᾱ_(t−1) β_t / (1 − ᾱ_t), and
-    ‖x_0 − x̂_0‖² = (1 − ᾱ_t)/ᾱ_t ‖ε − ε_θ‖²: the same error, scaled per t (Eqs. 4 and 7)."""
+    """‖μ̃ − μ_θ‖² = c_t² (1 − ᾱ_t)/ᾱ_t ‖ε − ε_θ‖² with c_t = √ᾱ_(t−1) β_t / (1 − ᾱ_t),
+    ‖x_0 − x̂_0‖² = (1 − ᾱ_t)/ᾱ_t ‖ε − ε_θ‖², and ‖v − v̂‖² = ‖ε − ε_θ‖²/ᾱ_t (v − v̂ = √ᾱ_t (ε − ε̂) −
+    √(1 − ᾱ_t)(x_0 − x̂_0) with x_0 − x̂_0 = −√((1 − ᾱ_t)/ᾱ_t)(ε − ε̂)): the same error, scaled per t."""
     s = NoiseSchedule.linear(T=1000)
     nets = models(s, gen)
     x0 = grid(gen, 32)
@@ -233,6 +242,8 @@ def test_the_unweighted_mse_targets(gen):
         x0_err = ddpm.l_simple(s, nets["x0"], x0, t, noise, parameterization="x0")
         assert mu_err.item() == pytest.approx((c ** 2 * (1 - ab) / ab * eps_err).item(), rel=1e-7)
         assert x0_err.item() == pytest.approx(((1 - ab) / ab * eps_err).item(), rel=1e-7)
+        v_err = ddpm.l_simple(s, nets["v"], x0, t, noise, parameterization="v")
+        assert v_err.item() == pytest.approx((eps_err / ab).item(), rel=1e-7)
 
 
 def test_target_of_a_perfect_model_is_zero_loss(gen):
@@ -259,8 +270,89 @@ def test_the_adapter_carries_eval_mode_and_parameters():
 
 def test_unknown_parameterization_is_a_one_line_error():
     s = NoiseSchedule.linear(T=10)
-    with pytest.raises(ValueError, match=r"parameterization must be one of \('eps', 'mu', 'x0'\)"):
-        ddpm.as_eps_model(s, lambda x, t: x, "v")
+    with pytest.raises(ValueError, match=r"parameterization must be one of \('eps', 'mu', 'x0', 'v'\)"):
+        ddpm.as_eps_model(s, lambda x, t: x, "velocity")
     with pytest.raises(ValueError, match="parameterization must be one of"):
         ddpm.l_simple(s, lambda x, t: x, torch.zeros(2, 3), parameterization="xstart")
     assert math.isfinite(ddpm.l_simple(s, lambda x, t: x, torch.zeros(2, 3), parameterization="mu").item())
+
+
+# v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022, §4) ----------------------------------------------------------
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_network_that_outputs_the_true_v_gives_back_eps_and_x0(schedule, gen):
+    """For random x_0, ε and t in float64 (both ends included, and the cosine schedule's last steps, where ᾱ_t
+    falls to 2.4e-9), v and x_t written out here from ᾱ_t: the target is v, and a network that outputs it
+    gives back ε and x_0 to 1e-12, in the conversion, the ε-model and the reverse step."""
+    s = NoiseSchedule.linear(T=1000) if schedule == "linear" else NoiseSchedule.cosine(1000)
+    n = 256
+    x0 = torch.randn(n, 3, 4, 4, generator=gen, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    t = torch.randint(1, s.T + 1, (n,), generator=gen)
+    t[:6] = torch.tensor([1, 2, s.T - 2, s.T - 1, s.T, s.T])
+    ab = s.alpha_bars[t].reshape(-1, 1, 1, 1)
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    assert torch.allclose(target(s, "v", x0, xt, t, eps), v, rtol=0, atol=1e-15)
+    pred = prediction_from_output(s, "v", xt, t, v)
+    assert pred.mean is None and pred.eps.dtype == torch.float64
+    assert (pred.eps - eps).abs().max() < 1e-12 and (pred.pred_x0 - x0).abs().max() < 1e-12
+    model = ddpm.as_eps_model(s, lambda x, tt: v, "v")
+    assert (model(xt, t) - eps).abs().max() < 1e-12
+    step = ddpm.p_mean_variance(s, model, xt, t, clip_denoised=False)
+    assert (step.pred_x0 - x0).abs().max() < 1e-12 and (step.eps - eps).abs().max() < 1e-12
+
+
+def test_the_gaussian_data_oracle_as_a_v_model_has_the_same_bound(gen):
+    """ddpm.GaussianData's exact ε-oracle made a v-oracle by v̂ = √ᾱ_t ε̂ − √(1 − ᾱ_t) x̂_0, x̂_0 = (x_t −
+    √(1 − ᾱ_t) ε̂)/√ᾱ_t (Eq. 4), written out here: its bound through as_eps_model is the ε-oracle's, term by
+    term, for the same draws, and both lie within 6 standard errors of the closed-form expected bound."""
+    s = NoiseSchedule.linear(T=1000)
+    data = ddpm.GaussianData(s, mean=0.3, std=0.5)
+
+    def v_oracle(x, t):
+        ab = s.alpha_bars[t].reshape(-1, *([1] * (x.dim() - 1)))
+        eps = data(x, t)
+        return ab.sqrt() * eps - (1 - ab).sqrt() * (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    x0 = data.sample((32, 4), generator=gen)
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    bounds = {name: ddpm.vlb(s, model, x0, "fixedlarge", clip_denoised=False, discrete=False,
+                             generator=torch.Generator().manual_seed(seed))
+              for name, model in (("eps", data), ("v", ddpm.as_eps_model(s, v_oracle, "v")))}
+    assert torch.allclose(bounds["v"].terms_bpd, bounds["eps"].terms_bpd, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(bounds["v"].total_bpd, bounds["eps"].total_bpd, rtol=1e-10, atol=0)
+    prior, terms = data.expected_vlb_bpd("fixedlarge")
+    expected = (prior + terms.sum()).item()
+    total = bounds["v"].total_bpd
+    assert abs(total.mean().item() - expected) < 6 * total.std().item() / math.sqrt(len(total))
+
+
+@pytest.mark.parametrize("t", [1, 10, 300, 800, 1000])
+def test_a_bf16_v_output_is_not_amplified(t, gen):
+    """Why "v" may run in bf16 like "eps" (ddpm.config.resolve): ε̂ = √(1 − ᾱ_t) x_t + √ᾱ_t v̂ and x̂_0 = √ᾱ_t x_t −
+    √(1 − ᾱ_t) v̂ take v̂'s rounding with coefficients ≤ 1, so a v rounded to bf16 (relative error ≤ 2^-8) moves
+    ε̂ and x̂_0 by at most 2^-8 max|v|, at every t, and the conversion itself runs in float32 (measured over 30
+    seeds: up to 0.77 of the bar for ε̂, 0.99 for x̂_0 at t = 1000, where √(1 − ᾱ_t) ≈ 1 makes it tight). The bar
+    has power where the other outputs leave a division: x̂_0 of an ε rounded to bf16 exceeds it 12-130 times at
+    t = 800-1000 (÷ √ᾱ_t), ε̂ of a μ̃ rounded to bf16 22-150 times at every t here (÷ c1); we require 3 and 10."""
+    s = NoiseSchedule.linear(T=1000)
+    n = 64
+    x0 = grid(gen, n)[:, :, None, None]
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    ab = s.alpha_bars[t]
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    unit = 2.0 ** -8  # bf16 keeps 8 significant bits
+    slack = 1e-6  # the float32 conversion
+    pred = prediction_from_output(s, "v", xt.float(), t, v.bfloat16())
+    assert pred.eps.dtype == pred.pred_x0.dtype == torch.float32
+    assert (pred.eps.double() - eps).abs().max() <= unit * v.abs().max() + slack
+    assert (pred.pred_x0.double() - x0).abs().max() <= unit * v.abs().max() + slack
+    # the bar's power: where the other parameterizations divide, the same rounding is amplified past it
+    if t >= 800:
+        x0_of_eps = prediction_from_output(s, "eps", xt.float(), t, eps.bfloat16()).pred_x0.double()
+        assert (x0_of_eps - x0).abs().max() > 3 * unit * eps.abs().max()
+    mu = (s.alpha_bars[t - 1].sqrt() * s.betas[t] * x0 + (1 - s.alpha_bars[t - 1]) * s.alphas[t].sqrt() * xt) / (1 - ab)
+    eps_of_mu = prediction_from_output(s, "mu", xt.float(), t, mu.bfloat16()).eps.double()
+    assert (eps_of_mu - eps).abs().max() > 10 * unit * mu.abs().max()

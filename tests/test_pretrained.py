@@ -72,11 +72,12 @@ def random_unet(gen: torch.Generator, **changes) -> UNet:
     return model
 
 
-def pipeline_folder(where, twin, variance: str, T: int = 1000):
+def pipeline_folder(where, twin, variance: str, T: int = 1000, prediction_type: str = "epsilon"):
     """A Hub-like pipeline folder written by diffusers itself."""
     twin.save_pretrained(where / "unet")
     scheduler = diffusers.DDPMScheduler(**{**{k: v for k, v in SCHEDULER.items() if not k.startswith("_")},
-                                           "num_train_timesteps": T, "variance_type": variance})
+                                           "num_train_timesteps": T, "variance_type": variance,
+                                           "prediction_type": prediction_type})
     scheduler.save_pretrained(where / "scheduler")
     (where / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
     return where
@@ -277,8 +278,6 @@ def test_time_embedding_dim_of_4_ch_is_the_ddpm_network():
     (dict(thresholding=True), r"\{'thresholding': True\}"),
     (dict(clip_sample_range=2.0), r"\{'clip_sample_range': 2.0\}"),
     (dict(clip_sample=False), r"\{'clip_sample': False\}"),
-    (dict(prediction_type="sample"), "prediction_type='sample': ddpm reads networks that predict the noise"),
-    (dict(prediction_type="v_prediction"), "prediction_type='v_prediction'"),
     (dict(variance_type="learned_range"), "variance_type='learned_range'"),
     (dict(beta_schedule="scaled_linear"), "beta_schedule='scaled_linear'"),
     (dict(set_alpha_to_one=True), r"keys DDPMScheduler does not take, \['set_alpha_to_one'\]"),
@@ -287,6 +286,52 @@ def test_scheduler_settings_that_change_the_schedule_or_the_sampler_are_refused(
     with pytest.raises(ValueError, match=message) as error:
         pretrained.noise_schedule({**SCHEDULER, **change})
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("config, expected", [
+    (SCHEDULER, "eps"), ({**SCHEDULER, "prediction_type": "epsilon"}, "eps"),
+    ({**SCHEDULER, "prediction_type": "sample"}, "x0"), ({**SCHEDULER, "prediction_type": "v_prediction"}, "v"),
+    ({"_class_name": "GaussianDDPMScheduler", "timesteps": 20}, "eps"), ({}, "eps")])
+def test_the_prediction_type_says_what_the_network_outputs(config, expected):
+    assert pretrained.parameterization(config) == expected
+
+
+def test_an_unknown_prediction_type_is_refused_in_one_line(tmp_path, gen):
+    with pytest.raises(ValueError, match=r"prediction_type='flow': ddpm reads networks that predict the noise "
+                                         r"\('epsilon'\), x_0 \('sample'\) or v \('v_prediction'\)") as error:
+        pretrained.parameterization({**SCHEDULER, "prediction_type": "flow"})
+    assert "\n" not in str(error.value)
+    folder = pipeline_folder(tmp_path, random_twin(narrow(CIFAR10, ch=8, size=8), gen), "fixed_large", T=20)
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "flow"}))
+    with pytest.raises(ValueError, match="prediction_type='flow'"):
+        ddpm.load(folder)
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "v_prediction"])
+def test_a_folder_of_an_x0_or_v_network_loads_as_its_eps_model(prediction_type, tmp_path, gen):
+    """A folder that diffusers writes for a network predicting x_0 ("sample") or v ("v_prediction"): ddpm.load's
+    ε-model is the ε that output stands for, written out here from ᾱ_t (Eq. 4; v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 gives
+    ε = √(1 − ᾱ_t) x_t + √ᾱ_t v), to float32 rounding of the two networks: 1e-5 of the output's scale, as above,
+    times the coefficient of the output in ε (√ᾱ_t for v, √(ᾱ_t/(1 − ᾱ_t)) for x_0, 41 at t = 2; measured at most
+    1.1e-6 of that over 8 seeds)."""
+    twin = random_twin(narrow(CIFAR10, ch=8, size=8), gen)
+    loaded = ddpm.load(pipeline_folder(tmp_path, twin, "fixed_small", T=50, prediction_type=prediction_type))
+    expected_p = {"sample": "x0", "v_prediction": "v"}[prediction_type]
+    assert loaded.parameterization == loaded.network.parameterization == expected_p
+    assert loaded.model is not loaded.network and loaded.variance == "fixedsmall" and loaded.schedule.T == 50
+    x, t = torch.randn(4, 3, 8, 8, generator=gen), torch.tensor([2, 10, 49, 50])
+    ab = loaded.schedule.alpha_bars[t].reshape(-1, 1, 1, 1)  # float64: 1 − ᾱ_2 = 6e-4 loses 4 digits in float32
+    with torch.no_grad():
+        out = twin(x, t - 1).sample.double()
+        eps = loaded.model(x, t)
+    x = x.double()
+    if expected_p == "v":
+        expected, coef = (1 - ab).sqrt() * x + ab.sqrt() * out, ab.sqrt()
+    else:
+        expected, coef = (x - ab.sqrt() * out) / (1 - ab).sqrt(), (ab / (1 - ab)).sqrt()
+    assert (eps - expected).abs().max() <= 1e-5 * out.abs().max() * coef.max()
+    assert (eps - out).abs().max() > 0.1  # the output itself is not the ε
 
 
 @pytest.mark.parametrize("change", [dict(timestep_spacing="trailing"), dict(steps_offset=1),
@@ -364,6 +409,37 @@ def test_a_network_fed_t_minus_1_is_written_bit_for_bit(tmp_path, gen):
     twin = diffusers.UNet2DModel.from_pretrained(folder / "unet")
     assert all(torch.equal(twin.state_dict()[k], v) for k, v in pretrained.to_diffusers(model).items())
     assert torch.equal(twin.time_embedding.linear_1.weight, model.emb[0].weight)
+
+
+@pytest.mark.parametrize("parameterization, prediction_type", [("eps", "epsilon"), ("x0", "sample"),
+                                                                  ("v", "v_prediction")])
+def test_save_pretrained_writes_the_prediction_type_of_the_networks_output(parameterization, prediction_type,
+                                                                            tmp_path, gen):
+    """What the network outputs goes into the scheduler config as diffusers names it, comes back as
+    ``.parameterization``, and is kept when the loaded network is written again."""
+    model = random_unet(gen)
+    folder = model.save_pretrained(tmp_path / "a", NoiseSchedule.linear(20), "fixedlarge",
+                                   parameterization=parameterization)
+    assert diffusers.DDPMScheduler.from_pretrained(folder / "scheduler").config.prediction_type == prediction_type
+    again = UNet.from_pretrained(folder)
+    assert again.parameterization == parameterization
+    third = UNet.from_pretrained(again.save_pretrained(tmp_path / "b"))
+    assert third.parameterization == parameterization and third.schedule.T == 20
+    assert ddpm.load(folder).parameterization == parameterization
+
+
+def test_a_mean_network_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    """μ̃ has no diffusers prediction_type; the error says what to do instead."""
+    with pytest.raises(ValueError, match=r"posterior mean \(parameterization 'mu'\) has no diffusers counterpart: "
+                                         r".*python -m ddpm sample.*train parameterization 'eps', 'x0' or 'v'") \
+            as error:
+        UNet.preset("tiny").save_pretrained(tmp_path / "x", NoiseSchedule.linear(10), "fixedlarge",
+                                            parameterization="mu")
+    assert "\n" not in str(error.value) and not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="parameterization must be one of"):
+        pretrained.save_pretrained(UNet.preset("tiny"), tmp_path / "x", NoiseSchedule.linear(10), "fixedlarge",
+                                   parameterization="xstart")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_3x3_shortcut_is_refused_in_one_line(tmp_path):

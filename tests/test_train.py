@@ -123,6 +123,14 @@ def test_bf16_is_on_by_default_only_where_the_device_runs_it_natively(monkeypatc
         assert resolve(TrainConfig(bf16=flag), (1, 8, 8), torch.device(device)).bf16 is flag
 
 
+@pytest.mark.parametrize("parameterization, expected", [("eps", True), ("v", True), ("mu", False), ("x0", False)])
+def test_bf16_is_on_by_default_for_the_outputs_whose_rounding_is_not_amplified(parameterization, expected, monkeypatch):
+    """ε and v (ddpm.config.resolve; tests/test_parameterization.py, test_a_bf16_v_output_is_not_amplified), on
+    a device that runs bf16 natively; μ̃ and x_0 train in float32 unless asked."""
+    native(monkeypatch, cuda=True)
+    assert resolve(TrainConfig(parameterization=parameterization), (1, 8, 8), torch.device("cuda")).bf16 is expected
+
+
 def test_bf16_default_on_this_machine_follows_its_cpu():
     """Whatever CPU runs the tests (it varies from machine to machine): bf16 is on where it has either flag."""
     flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
@@ -320,6 +328,46 @@ def test_the_true_bound_as_objective(tmp_path):
     assert float(step_1[3]) == pytest.approx(norm.item(), rel=1e-5)
     with pytest.raises(ValueError, match="loss must be 'simple' or 'vlb'"):
         train(config(tmp_path / "bad", loss="l1"), TinyNet(), data, progress=False)
+
+
+def test_a_v_network_learns_the_digits(tmp_path, seed):
+    """parameterization="v" (Salimans & Ho 2022) on the real path, the tiny preset on digits, 30 steps: the
+    unweighted MSE to v falls, by the same 4-standard-error bar as the ε run above (measured over 10 seeds: from
+    0.83-0.88 to 0.54-0.58 between the first and the last 10 steps, 8-13 standard errors)."""
+    cfg = TrainConfig(steps=30, batch_size=32, lr=2e-3, warmup=5, T=100, sample_every=0, checkpoint_every=0,
+                      parameterization="v", bf16=False, seed=seed, out_dir=str(tmp_path / "run"))
+    result = train(cfg, progress=False)
+    first, last = torch.tensor(result.losses[:10]), torch.tensor(result.losses[-10:])
+    se = (first.var() / 10 + last.var() / 10).sqrt()
+    assert first.mean() - last.mean() > 4 * se, (first.mean(), last.mean(), se)
+
+
+@pytest.mark.parametrize("loss", ["simple", "vlb"])
+def test_a_v_network_trains_on_its_own_target(loss, tmp_path):
+    """The first step's logged loss is the MSE to v = √ᾱ_t ε − √(1 − ᾱ_t) x_0, written out here from ᾱ_t, on that
+    step's images, t and ε (loss="simple"), or the bound's term of the v-network seen as an ε-model (loss="vlb");
+    the ε-network's loss on the same draws is another number."""
+    data = images()
+    cfg = config(tmp_path, steps=1, flip=False, loss=loss, parameterization="v", bf16=False)
+    torch.manual_seed(0)
+    net = TinyNet(dropout=0.0)
+    initial = TinyNet(dropout=0.0)
+    initial.load_state_dict(net.state_dict())
+    first = train(cfg, net, data, progress=False).losses[0]
+    x0 = data[batch_indices(len(data), cfg.batch_size, cfg.seed, 0)]
+    t, noise, _ = step_noise(cfg.seed, 0, cfg.T, cfg.batch_size, x0.shape[1:])
+    s = cfg.noise_schedule()
+    ab = s.alpha_bars[t].reshape(-1, 1, 1, 1).float()
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    with torch.no_grad():
+        if loss == "simple":
+            expected = ((initial(xt, t) - (ab.sqrt() * noise - (1 - ab).sqrt() * x0)) ** 2).mean()
+            eps_loss = train_mod.l_simple(s, initial, x0, t, noise)
+        else:
+            expected = l_vlb(s, initial, x0, t, noise, cfg.variance, parameterization="v")
+            eps_loss = l_vlb(s, initial, x0, t, noise, cfg.variance)
+    assert first == pytest.approx(expected.item(), rel=1e-5)
+    assert first != pytest.approx(eps_loss.item(), rel=1e-3)
 
 
 def test_ema_update_equals_the_loop_over_parameters_bit_for_bit(gen):
