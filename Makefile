@@ -22,7 +22,7 @@ CACHE := _build/.jupyter_cache
 book: $(STAMP)
 	rm -rf $(CACHE)
 	yes | JUPYTERCACHE=$(CACHE) $(BIN)/jcache notebook add \
-		$$($(BIN)/python tests/chapter_times.py book/[0-9][0-9]_*.ipynb) >/dev/null
+		$$($(BIN)/python tests/chapter_times.py book/[0-9][0-9]_*.ipynb book/appendix_*.ipynb) >/dev/null
 	JUPYTERCACHE=$(CACHE) OMP_NUM_THREADS=1 $(BIN)/jcache project execute --executor local-parallel \
 		--timeout 900
 	OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . -W -n --keep-going

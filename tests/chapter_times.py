@@ -4,7 +4,7 @@ The seconds come from the timestamps Jupyter stores in each cell of the committe
 our own to keep). ``make test`` starts the chapters longest first (tests/conftest.py), so that the two
 pytest workers finish together; ``make book`` adds them to jupyter-cache in :func:`paired` order.
 
-    python tests/chapter_times.py book/[0-9][0-9]_*.ipynb     # prints the paths in paired order
+    python tests/chapter_times.py book/[0-9][0-9]_*.ipynb book/appendix_*.ipynb     # prints the paths in paired order
 """
 
 from __future__ import annotations

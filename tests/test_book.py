@@ -25,7 +25,8 @@ from chapter_times import longest_first, paired, recorded_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+# the numbered chapters, then the appendices
+CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb")) + sorted(BOOK.glob("appendix_*.ipynb"))
 MAX_BYTES = 2_000_000
 
 INSTALL_CELL = '''\
@@ -169,6 +170,18 @@ def test_checked_outputs_exist_and_are_not_random(chapter):
             assert cell.outputs, "a # NBVAL_CHECK_OUTPUT cell needs stored output for nbval to compare"
             assert "SEED" not in cell.source and "gen" not in re.findall(r"\w+", cell.source), \
                 "never mark cells whose output depends on the random seed with # NBVAL_CHECK_OUTPUT"
+
+
+def test_table_of_contents_lists_every_chapter_once():
+    """The book builds only what _toc.yml names (only_build_toc_files): a chapter left out would vanish."""
+    def files(node):
+        if isinstance(node, dict):
+            return ([node["file"]] if "file" in node else []) + [f for v in node.values() for f in files(v)]
+        return [f for v in node for f in files(v)] if isinstance(node, list) else []
+    listed = files(yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8")))
+    assert len(listed) == len(set(listed)), "a file appears twice in _toc.yml"
+    chapters = {str(p.relative_to(ROOT).with_suffix("")) for p in CHAPTERS}
+    assert chapters <= set(listed), f"not in _toc.yml: {sorted(chapters - set(listed))}"
 
 
 def test_every_citation_is_in_the_bibliography():
