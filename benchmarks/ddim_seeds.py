@@ -2,7 +2,7 @@
 
 For each seed, train the digits model with chapter 7's recipe (the package default: 1500 steps of batch 128),
 draw 128 digits from one x_T with DDIM (eta = 0) at 5, 10, 20, 50 and 200 steps and with Algorithm 2 (the
-same x_T), and score each set with ddpm.kid against the 359 held-out digits in the features of chapter 9's
+same x_T), and score each set with ddpm.kid against the 359 held-out digits in the features of chapter 7's
 digits classifier; also two halves of the held-out digits against each other (the floor) and uniform
 noise (the ceiling); and each sampler's paired difference from DDIM with 200 steps (ddpm.kid_difference).
 Exactly the chapter's computation in quick mode.

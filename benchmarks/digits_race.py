@@ -8,7 +8,7 @@ digits``); its training time is the budget. The peer is the way diffusers' users
 ``UNet2DModel`` + ``DDPMScheduler`` (linear β from 1e-4 to 0.02, T = 1000, as the paper), Adam at lr 2e-4,
 batch 128, ε-MSE, trained for the same wall-clock budget in the same process, then sampled with the
 scheduler's own 1000-step loop. Each model then draws ``--samples`` digits (timed), and both sets are
-scored with the Fréchet distance of chapter 9 (the features of ddpm's own digits classifier) against as
+scored with the Fréchet distance of chapter 8 (the features of ddpm's own digits classifier) against as
 many held-out real digits; two disjoint halves of the real digits give the real-vs-real floor.
 Results are printed and appended to ``digits_race.json`` next to this file.
 """

@@ -9,7 +9,7 @@ setting (a 50-step run less a 10-step one, after a first run that pays the proce
 the trial then trains as many steps as fit. Its EMA weights draw ``--samples`` digits with Algorithm 2
 (1000 steps), scored against the 359 held-out digits with
 
-- the Fréchet distance in the features of chapter 9's digits classifier (lower is better), next to the
+- the Fréchet distance in the features of chapter 7's digits classifier (lower is better), next to the
   same distance from as many *training* digits (the floor real data reaches at this size);
 - the classifier's mean confidence (mean of the largest softmax probability) and the class balance as an
   effective number of classes, exp(entropy of the predicted-class histogram): 10 when balanced.
