@@ -1,9 +1,11 @@
-"""Chapter 9's miniature Table 2 over several seeds: how much of what one run shows is the seed.
+"""Chapter 8's miniature Table 2 over several seeds: how much of what one run shows is the seed.
 
 For each seed, train the four cells {ε, μ̃} × {L_simple (unweighted MSE), true bound} exactly as the
 chapter does in quick mode, then score them as the chapter does: paired bits/dim on the same held-out
-images and x_t draws, and the digits Fréchet distance of samples (σ² = β) next to real-vs-real.
-Prints one JSON line per seed; the chapter's prose quotes the spread across seeds.
+images and x_t draws; samples (σ² = β, the same noise for all four) by the kernel distance (KID) of n_kid of
+them against all 359 held-out digits, with the paired differences from (eps, simple), and by the digits
+Fréchet distance of the first n_fd of them next to real-vs-real. Prints one JSON line per seed; the
+chapter's prose quotes the spread across seeds.
 
     python benchmarks/table2_seeds.py --seeds 0 1 2 3 4 --json table2_seeds.jsonl
     python benchmarks/table2_seeds.py --summarize table2_seeds.jsonl   # the table of TABLE2.md
@@ -24,7 +26,7 @@ CELLS = {"eps, simple": ("eps", "simple"), "eps, bound": ("eps", "vlb"),
          "mu, simple": ("mu", "simple"), "mu, bound": ("mu", "vlb")}
 
 
-def one_seed(seed: int, steps: int, batch: int, n_bpd: int, n_fd: int) -> dict:
+def one_seed(seed: int, steps: int, batch: int, n_bpd: int, n_fd: int, n_kid: int) -> dict:
     s = ddpm.NoiseSchedule.linear(T=1000, beta_1=1e-4, beta_T=0.02)
     models, tick = {}, time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,17 +45,26 @@ def one_seed(seed: int, steps: int, batch: int, n_bpd: int, n_fd: int) -> dict:
     classifier = ddpm.train_digits_classifier(seed=seed)
     scale = ddpm.frechet_reference_scale(classifier, seed=seed, reference=test[order[:2 * n_fd]])
     real = test[order[-n_fd:]]
-    fd, tick = {}, time.perf_counter()
+    fd, features, tick = {}, {}, time.perf_counter()
     for name, m in models.items():
-        x = ddpm.sample(s, m, (n_fd, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
-        fd[name] = ddpm.digits_frechet_distance(x, real, classifier)
+        x = ddpm.sample(s, m, (n_kid, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+        fd[name] = ddpm.digits_frechet_distance(x[:n_fd], real, classifier)
+        features[name] = ddpm.digit_features(classifier, x)
     sample_s = time.perf_counter() - tick
+    all_real = ddpm.digit_features(classifier, test)
+    halves = all_real[order[: len(test) // 2]], all_real[order[len(test) // 2:]]
+    best = "eps, simple"
+    kid = {k: tuple(ddpm.kid(f, all_real)) for k, f in features.items()}
+    kid_minus_simple = {k: tuple(ddpm.kid_difference(f, features[best], all_real))
+                        for k, f in features.items() if k != best}
     ref = "eps, bound"
     return {"seed": seed, "steps": steps, "batch": batch, "n_bpd": n_bpd, "n_fd": n_fd,
             "bpd": {k: v.total.mean for k, v in paired.models.items()},
             "bpd_se": {k: v.total.se for k, v in paired.models.items()},
             "diff_vs_eps_bound": {k: tuple(paired.difference(k, ref)) for k in models if k != ref},
             "fd": fd, "real_vs_real": scale.real_vs_real, "noise": scale.real_vs_gaussian_noise,
+            "n_kid": n_kid, "kid": kid, "kid_minus_eps_simple": kid_minus_simple,
+            "kid_real_vs_real": tuple(ddpm.kid(*halves)),
             "seconds": {"train": train_s, "bpd": bpd_s, "sample": sample_s}}
 
 
@@ -71,8 +82,23 @@ def summarize(rows: list[dict]) -> str:
     z = [r["diff_vs_eps_bound"]["eps, simple"][0] / r["diff_vs_eps_bound"]["eps, simple"][1] for r in rows]
     lines += ["", "eps, simple minus eps, bound in each seed's own paired standard errors: "
               + ", ".join(f"{v:+.1f}" for v in z)]
+    scored = [r for r in rows if "kid" in r]  # the rows of runs since the kernel distance was added
+    if scored:
+        rows = scored
+        lines += ["", f"KID of {rows[0]['n_kid']} samples against the 359 held-out digits, over the "
+                  f"{len(rows)} seeds that measured it ({', '.join(str(r['seed']) for r in rows)}); its paired "
+                  "difference from (eps, simple), also in its own standard errors:", ""]
+        for name in CELLS:
+            line = f"- {name}: {mean_se([r['kid'][name][0] for r in rows], 0)}"
+            if name != "eps, simple":
+                d = [r["kid_minus_eps_simple"][name] for r in rows]
+                line += f"; minus (eps, simple) {mean_se([v[0] for v in d], 0)}, {mean_se([v[0] / v[1] for v in d], 1)} SE"
+            lines.append(line)
+        floor = [r["kid_real_vs_real"] for r in rows]
+        lines.append(f"- real vs real (two halves): {mean_se([v[0] for v in floor], 0)}; "
+                     f"{mean_se([v[0] / v[1] for v in floor], 2)} SE")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main(__doc__, one_seed, summarize, steps=500, batch=64, n_bpd=32, n_fd=64)
+    main(__doc__, one_seed, summarize, steps=500, batch=64, n_bpd=32, n_fd=64, n_kid=128)
