@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import ddpm
-from seeds import main, mean_se
+from seeds import main, mean_se, mmd2
 
 K = 20  # real-vs-real pairs
 FACTOR = 5  # the chapter's bar, in units of the largest real-vs-real value
@@ -45,11 +45,6 @@ class TinyEpsNet(nn.Module):
         angles = t[:, None].to(x.dtype) * self.freqs
         return self.net(torch.cat([x, angles.sin(), angles.cos()], dim=1))
 
-
-def mmd2(x, y, h=0.3):
-    """The chapter's MMD² (a V-statistic), Gaussian kernel of length scale h."""
-    kernel = lambda a, b: torch.exp(-torch.cdist(a, b).pow(2) / (2 * h**2)).mean()
-    return (kernel(x, x) + kernel(y, y) - 2 * kernel(x, y)).item()
 
 
 def chapter_draws_before_the_network(gen: torch.Generator) -> None:

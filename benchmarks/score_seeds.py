@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import ddpm
-from seeds import main, mean_se
+from seeds import main, mean_se, mmd2
 
 T_GRID = [1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 80, 100]
 
@@ -36,10 +36,6 @@ class ScoreNet(nn.Module):
         angles = t[:, None].to(x.dtype) * self.freqs
         return self.net(torch.cat([x, angles.sin(), angles.cos()], dim=1))
 
-
-def mmd2(x, y, h=0.3):
-    kernel = lambda a, b: torch.exp(-torch.cdist(a, b).pow(2) / (2 * h**2)).mean()
-    return (kernel(x, x) + kernel(y, y) - 2 * kernel(x, y)).item()
 
 
 def annealed_langevin(s, score, n, levels, n_steps, c=0.2, generator=None):

@@ -1,5 +1,5 @@
-"""What the seed studies share (table2_seeds.py, ddim_seeds.py): their command line, one JSON line per seed,
-and the mean ± standard error over seeds that their summaries print."""
+"""What the seed studies share: their command line, one JSON line per seed, the mean ± standard error over
+seeds that their summaries print, and the chapters' two-sample MMD²."""
 
 from __future__ import annotations
 
@@ -41,3 +41,9 @@ def main(doc: str, one_seed: Callable[..., dict], summarize: Callable[[list[dict
         if a.json:
             with open(a.json, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def mmd2(x, y, h: float = 0.3) -> float:
+    """Chapters 4's and 5's MMD² between two samples (a V-statistic), Gaussian kernel of length scale h."""
+    kernel = lambda a, b: torch.exp(-torch.cdist(a, b).pow(2) / (2 * h**2)).mean()
+    return (kernel(x, x) + kernel(y, y) - 2 * kernel(x, y)).item()
