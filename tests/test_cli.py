@@ -335,6 +335,16 @@ def test_sample_and_evaluate_take_a_released_model_folder(tmp_path, capsys, monk
 
 # ------------------------------------------------------------------- train -> export -> diffusers, issue 16-17
 
+def assert_same_samples(ckpt, folder, tmp_path, n: int) -> None:
+    """``sample`` draws the same uint8 images from the checkpoint and from its exported folder (same seed)."""
+    drawn = {}
+    for name, source in (("checkpoint", ckpt), ("folder", folder)):
+        drawn[name] = tmp_path / f"{name}.npy"
+        assert main(["sample", "--checkpoint", str(source), "--num-samples", str(n), "--seed", "5", "--no-bf16",
+                     "--out", str(tmp_path / f"{name}.png"), "--npy", str(drawn[name])]) == 0
+    assert np.array_equal(np.load(drawn["checkpoint"]), np.load(drawn["folder"]))
+
+
 def test_export_computes_what_the_checkpoint_computes_in_ddpm_and_in_diffusers(ckpt, tmp_path, capsys):
     """The exported folder is the checkpoint in another layout: ``sample`` draws the same uint8 samples from
     both for the same seed (bit for bit: the same weights in the same network), and diffusers' UNet2DModel
@@ -345,12 +355,7 @@ def test_export_computes_what_the_checkpoint_computes_in_ddpm_and_in_diffusers(c
     folder = tmp_path / "exported"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(folder)]) == 0
     assert f"wrote {folder}" in capsys.readouterr().out
-    drawn = {}
-    for name, source in (("checkpoint", ckpt), ("folder", folder)):
-        drawn[name] = tmp_path / f"{name}.npy"
-        assert main(["sample", "--checkpoint", str(source), "--num-samples", "6", "--seed", "5", "--no-bf16",
-                     "--out", str(tmp_path / f"{name}.png"), "--npy", str(drawn[name])]) == 0
-    assert np.array_equal(np.load(drawn["checkpoint"]), np.load(drawn["folder"]))
+    assert_same_samples(ckpt, folder, tmp_path, 6)
 
     ours = ddpm.load(ckpt)
     pipe = diffusers.DDPMPipeline.from_pretrained(folder)
@@ -390,12 +395,7 @@ def test_an_x0_or_v_network_exports_with_its_prediction_type(parameterization, p
         eps, out = ours.model(x, t), ours.network(x, t)
         assert torch.equal(again.model(x, t), eps)
     assert (eps - out).abs().max() > 0.1  # the ε is not the network's output
-    drawn = {}
-    for name, source in (("checkpoint", ckpt), ("folder", folder)):
-        drawn[name] = tmp_path / f"{name}.npy"
-        assert main(["sample", "--checkpoint", str(source), "--num-samples", "4", "--seed", "5", "--no-bf16",
-                     "--out", str(tmp_path / f"{name}.png"), "--npy", str(drawn[name])]) == 0
-    assert np.array_equal(np.load(drawn["checkpoint"]), np.load(drawn["folder"]))
+    assert_same_samples(ckpt, folder, tmp_path, 4)
 
 
 def test_a_mean_network_s_export_is_refused_in_one_line(tmp_path, capsys):
