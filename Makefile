@@ -17,14 +17,17 @@ $(STAMP): requirements.txt pyproject.toml
 # The chapters execute two at a time, one torch thread each, into a fresh jupyter-cache that the build
 # then reads (execute_notebooks: cache): never stale, and about half the time of a serial execution.
 # They are added longest first, each long one paired with a short one (tests/chapter_times.py), so that
-# the two processes finish together.
+# the two processes finish together. All chapters get one fresh seed and one DDPM_CACHE, where chapter 10
+# finds the digits model that chapter 7 trained (ddpm.book.train).
 CACHE := _build/.jupyter_cache
+RUNS := _build/.ddpm_cache
 book: $(STAMP)
-	rm -rf $(CACHE)
+	rm -rf $(CACHE) $(RUNS)
 	yes | JUPYTERCACHE=$(CACHE) $(BIN)/jcache notebook add \
 		$$($(BIN)/python tests/chapter_times.py book/[0-9][0-9]_*.ipynb book/appendix_*.ipynb) >/dev/null
-	JUPYTERCACHE=$(CACHE) OMP_NUM_THREADS=1 $(BIN)/jcache project execute --executor local-parallel \
-		--timeout 900
+	JUPYTERCACHE=$(CACHE) OMP_NUM_THREADS=1 DDPM_CACHE=$(abspath $(RUNS)) \
+		DDPM_SEED=$$($(BIN)/python -c "import random; print(random.SystemRandom().randrange(2**31))") \
+		$(BIN)/jcache project execute --executor local-parallel --timeout 900
 	OMP_NUM_THREADS=1 $(BIN)/jupyter-book build . -W -n --keep-going
 
 # Two pytest workers on two cores, one thread each (notebook kernels included): oversubscribed torch

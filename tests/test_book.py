@@ -9,6 +9,7 @@ would in a fresh Colab runtime. Nothing is downloaded: the install comes from a 
 from __future__ import annotations
 
 import json
+import random
 import os
 import re
 import shutil
@@ -246,9 +247,25 @@ def run_python(python: Path, code: str, cwd: Path) -> subprocess.CompletedProces
     return subprocess.run([str(python), "-c", code], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory) -> dict:
+    """One DDPM_SEED and one DDPM_CACHE folder for every chapter of this test run, on both pytest workers
+    (which share xdist's run id and the parent of their temporary folders): chapter 10 then reuses the
+    digits model that chapter 7 trained (``ddpm.book.train``). The seed is new on every run, as a reader's
+    would be; DDPM_TEST_SEED replays one."""
+    base, run_id = tmp_path_factory.getbasetemp(), os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if os.environ.get("DDPM_TEST_SEED"):
+        seed = int(os.environ["DDPM_TEST_SEED"])
+    elif run_id:
+        seed = int(run_id[:8], 16) % 2**31
+    else:
+        seed = random.SystemRandom().randrange(2**31)
+    return {"DDPM_SEED": str(seed), "DDPM_CACHE": str((base.parent if run_id else base) / "ddpm-cache")}
+
+
 @pytest.mark.colab
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
-def test_chapter_runs_alone_in_a_fresh_environment_that_lacks_ddpm(chapter, tmp_path, monkeypatch):
+def test_chapter_runs_alone_in_a_fresh_environment_that_lacks_ddpm(chapter, tmp_path, monkeypatch, shared_runs):
     work = tmp_path / "runtime"
     work.mkdir()
     shutil.copy(chapter, work / chapter.name)
@@ -266,6 +283,7 @@ def test_chapter_runs_alone_in_a_fresh_environment_that_lacks_ddpm(chapter, tmp_
     env = {
         "DDPM_SOURCE": str(source),      # the install cell installs from the local copy, not from GitHub
         "DDPM_MODE": "quick",
+        **shared_runs,                   # one seed and one cache of training runs for all chapters
         "PIP_NO_INDEX": "1",             # nothing may be downloaded
         "PIP_NO_BUILD_ISOLATION": "0",   # pip reads this as --no-build-isolation (its env semantics are inverted)
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
@@ -281,7 +299,8 @@ def test_chapter_runs_alone_in_a_fresh_environment_that_lacks_ddpm(chapter, tmp_
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                           "--nbval-kernel-name", "fresh-venv", "--nbval-cell-timeout", "900", chapter.name],
                          cwd=work, capture_output=True, text=True)
-    assert run.returncode == 0, f"nbval of {chapter.name} in the fresh environment failed:\n{run.stdout[-6000:]}"
+    assert run.returncode == 0, (f"nbval of {chapter.name} in the fresh environment failed (replay with "
+                                 f"DDPM_TEST_SEED={shared_runs['DDPM_SEED']}):\n{run.stdout[-6000:]}")
 
     venv_site = run_python(python, "import sysconfig; print(sysconfig.get_paths()['purelib'])", work).stdout.strip()
     where = run_python(python, "import ddpm; print(ddpm.__file__)", work)
