@@ -12,6 +12,7 @@ from .data import TOY_2D, digits, get_dataset, toy_2d
 from .evaluate import (BitsPerDim, Estimate, PairedBitsPerDim, RateDistortion, bits_per_dim, fid, frechet_distance,
                        frechet_distance_gaussian, kid, kid_difference, noise_prediction_metrics, paired_bits_per_dim, rate_distortion)
 from .forward import naive_chain, q_chain, q_sample, q_step
+from .guidance import classifier_free_guidance
 from .levels import to_model_range, to_uint8
 from .loading import Loaded, load
 from .likelihood import (VLB, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
@@ -44,5 +45,5 @@ __all__ = [
     "noise_prediction_metrics", "rate_distortion", "DigitsClassifier", "FrechetScale", "digit_features",
     "digits_frechet_distance", "digits_kid", "kid", "kid_difference", "frechet_reference_scale", "train_digits_classifier", "confidence_and_classes",
     "PairedBitsPerDim", "paired_bits_per_dim", "PARAMETERIZATIONS", "as_eps_model",
-    "save_pretrained", "load", "Loaded", "sde", "VPSDE",
+    "save_pretrained", "load", "Loaded", "sde", "VPSDE", "classifier_free_guidance",
 ]

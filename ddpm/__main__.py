@@ -4,6 +4,7 @@
     python -m ddpm train --data celeba --data-dir DIR           # a GPU; torchrun --nproc_per_node N for several
     python -m ddpm sample --checkpoint runs/ddpm                # a PNG grid from the EMA weights
     python -m ddpm sample --num-samples 50000 --out-dir DIR --npy x.npy   # in batches, for FID
+    python -m ddpm sample --checkpoint RUN --class 3 --guidance 2   # a --class-conditional run's class 3, guided
     python -m ddpm evaluate --checkpoint runs/ddpm --num-images 64        # bits/dim on held-out data
     python -m ddpm export --checkpoint runs/ddpm --out my-ddpm  # a folder diffusers' DDPMPipeline reads
     python -m ddpm sample --checkpoint google/ddpm-cifar10-32   # a released model (pip install huggingface_hub)
@@ -235,6 +236,25 @@ class _SampleFiles:
             self.partial.unlink(missing_ok=True)
 
 
+def _guided(args, loaded):
+    """The ε-model ``sample`` draws from: the loaded one (a class-conditional network's null class, so
+    unconditional samples), or with --class, classifier-free guidance towards it with weight --guidance."""
+    from .guidance import classifier_free_guidance
+
+    K = getattr(loaded.network, "num_classes", None)
+    if args.label is None:
+        if args.guidance is not None:
+            raise ValueError("--guidance needs --class, the class it guides towards")
+        return loaded.model
+    if K is None:
+        raise ValueError(f"{args.checkpoint} is not class-conditional, so --class has no meaning: sample without "
+                         "it, or train with --class-conditional")
+    if not 0 <= args.label < K:
+        raise ValueError(f"--class {args.label}: {args.checkpoint} has classes 0..{K - 1}")
+    return classifier_free_guidance(loaded.network, args.label, args.guidance or 0.0, schedule=loaded.schedule,
+                                    parameterization=loaded.parameterization)
+
+
 def _run_sample(args) -> int:
     from tqdm.auto import tqdm
 
@@ -248,7 +268,7 @@ def _run_sample(args) -> int:
     out, npy, folder = _check_outputs(args)
     device = resolve_device(args.device)
     loaded = _load(args, device)
-    model, s, shape, variance = loaded.model, loaded.schedule, loaded.shape, args.variance or loaded.variance
+    model, s, shape, variance = _guided(args, loaded), loaded.schedule, loaded.shape, args.variance or loaded.variance
     bf16 = native_bf16(device) if args.bf16 is None else args.bf16
     files, complete = _SampleFiles(out, npy, folder, n_all, shape), False
     try:
@@ -315,6 +335,10 @@ def _run_export(args) -> int:
                              parameterization=loaded.parameterization)
     print(f"wrote {folder}: a diffusers pipeline folder (model_index.json, unet/, scheduler/); load it with "
           f"diffusers.DDPMPipeline.from_pretrained({str(folder)!r}) or ddpm.load({str(folder)!r})")
+    K = loaded.network.num_classes
+    if K is not None:
+        print(f"its UNet2DModel is class-conditional: call it with class_labels in 0..{K - 1}, or {K} for the null "
+              "class (unconditional); DDPMPipeline passes none")
     return 0
 
 
@@ -335,6 +359,12 @@ def parser() -> argparse.ArgumentParser:
                     "checkpoint]")
     ps.add_argument("--out-dir", help="also write every sample as a PNG into this folder: 000000.png, ...")
     ps.add_argument("--npy", help="also write every sample into this uint8 .npy array [N, C, H, W]")
+    ps.add_argument("--class", dest="label", type=int, metavar="K",
+                    help="draw class K of a class-conditional checkpoint (train --class-conditional) [none: "
+                    "unconditional samples, the null class]")
+    ps.add_argument("--guidance", type=float, metavar="W",
+                    help="with --class: classifier-free guidance weight w >= 0 (Ho & Salimans 2022), "
+                    "(1 + w) eps(x, t, K) - w eps(x, t); 0 is the conditional model alone [0]")
     ps.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="run the network in bfloat16 autocast, the step's math in float32 [on where the device "
                     "computes bf16 natively]")

@@ -1,4 +1,4 @@
-"""Which images, flips, timesteps and noise training step k uses: a function of (seed, k) alone.
+"""Which images, flips, timesteps, noise and dropped labels training step k uses: a function of (seed, k) alone.
 
 That is what makes a resumed run exact (nothing to restore but the step) and what lets several
 processes share one global batch: each rank takes its slice of the same draws, so the global batch,
@@ -53,3 +53,11 @@ def step_noise(seed: int, step: int, T: int, batch_size: int, shape, part: slice
     flip = (torch.rand(batch_size, generator=g, device=device) < 0.5)[part]
     noise = torch.randn((batch_size, *shape), generator=g, device=device)[part]
     return t, noise, flip
+
+
+def step_label_dropout(seed: int, step: int, batch_size: int, p: float, part: slice = slice(None), device="cpu"):
+    """Step ``step``'s label dropout: which images train as the null class, each with probability ``p`` (Ho &
+    Salimans 2022), drawn for the whole global batch on ``device`` (from a stream of its own, so that a run
+    without labels draws nothing more) and sliced to this rank's ``part``."""
+    g = torch.Generator(device).manual_seed(step_seed(seed, step, 3))
+    return (torch.rand(batch_size, generator=g, device=device) < p)[part]

@@ -24,10 +24,10 @@ class CIFAR10(Dataset):
     ``root`` (or only unpacks it, if it is already there). The uint8 levels k are kept in ``images``
     [N, 3, 32, 32] and scaled k ↦ k/127.5 − 1 per item. Training images are flipped left-right with
     probability 1/2, as Ho et al. (2020) trained (``flip`` defaults to split == "train"). ``labels`` holds
-    the classes 0..9.
+    the classes 0..9; ``with_labels=True`` yields (image, label) pairs.
     """
 
-    def __init__(self, root, split: str = "train", flip: bool | None = None):
+    def __init__(self, root, split: str = "train", flip: bool | None = None, with_labels: bool = False):
         if split not in CIFAR10_SPLITS:
             raise ValueError(f"CIFAR-10 split must be one of {CIFAR10_SPLITS}, got {split!r}")
         from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10  # only when asked: a slow import
@@ -47,12 +47,13 @@ class CIFAR10(Dataset):
         self.images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, 32, 32]
         self.labels = torch.tensor(data.targets)
         self.split, self.flip = split, split == "train" if flip is None else flip
+        self.with_labels = with_labels
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> Tensor:
+    def __getitem__(self, i: int) -> Tensor | tuple[Tensor, Tensor]:
         x = self.images[i]
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
-        return to_model_range(x)
+        return (to_model_range(x), self.labels[i]) if self.with_labels else to_model_range(x)

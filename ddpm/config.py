@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from .data import NUM_CLASSES, check_labelled
 from .parameterization import check_parameterization
 from .schedule import NoiseSchedule, check_variance
 from .unet import UNet
@@ -36,6 +37,10 @@ class TrainConfig:
                                         "(sqrt(abar_t) eps - sqrt(1 - abar_t) x0, Salimans & Ho 2022)")
     variance: str = _opt("fixedlarge", "sigma_t^2 of p_theta for loss='vlb': 'fixedlarge' (beta_t) or "
                                        "'fixedsmall' (beta-tilde_t)")
+    class_conditional: bool = _opt(False, "learn eps(x_t, t, y) with labels, for classifier-free guidance (Ho & "
+                                          "Salimans 2022); needs labelled data: digits or cifar10")
+    label_dropout: float = _opt(0.1, "the share of labels replaced by the null class in training, so that the "
+                                     "network also learns eps(x_t, t) (Ho & Salimans 2022); may change on --resume")
     batch_size: int | None = _opt(None, "GLOBAL batch size, divided evenly across torchrun processes "
                                         "(default: the paper's 128; 64 at 256x256)")
     lr: float | None = _opt(None, "Adam learning rate (default: the paper's 2e-4; 2e-5 at 256x256; 5e-4 for "
@@ -157,6 +162,11 @@ def resolve(config: TrainConfig, image_shape, device: torch.device, world_size: 
     if c.batch_size % world_size:
         raise ValueError(f"batch_size={c.batch_size} is the global batch and must divide evenly across the "
                          f"{world_size} processes; use a multiple of {world_size}")
+    if not 0 <= c.label_dropout <= 1:
+        raise ValueError(f"label_dropout must lie in [0, 1] (the share of labels dropped to the null class), got "
+                         f"{c.label_dropout}")
+    if c.class_conditional and c.model != "custom":
+        check_labelled(c.data)
     if c.loss not in ("simple", "vlb"):
         raise ValueError(f"loss must be 'simple' or 'vlb', got {c.loss!r}")
     check_parameterization(c.parameterization)
@@ -182,17 +192,21 @@ def check_preset_fits(name: str, size: int) -> None:
 
 
 def build_model(config: TrainConfig, channels: int, **overrides) -> UNet:
-    """The UNet preset ``config.model`` for ``channels`` x image_size² images (with its dropout override)."""
+    """The UNet preset ``config.model`` for ``channels`` x image_size² images (with its dropout override), with
+    the data's classes for a class-conditional run."""
     extra = {} if config.dropout is None else {"dropout": config.dropout}
+    if config.class_conditional:
+        extra["num_classes"] = NUM_CLASSES[config.data]
     return UNet.preset(config.model, in_channels=channels, image_size=config.image_size, **extra, **overrides)
 
 
 # What a resumed run must share with its checkpoint: every setting that changes the sequence of weights
 # (not steps, intervals, out_dir, device, the GPU switches or the number of processes), except the three
-# a user may change to get past a NaN stop (ADJUSTABLE), which the run records where it changes them.
+# a user may change to get past a NaN stop and the label dropout, a knob of the objective like the lr
+# (ADJUSTABLE), which the run records where it changes them.
 TRAJECTORY = ("data", "image_size", "model", "dropout", "T", "beta_1", "beta_T", "batch_size", "ema_decay", "flip",
-              "seed", "loss", "parameterization", "variance")
-ADJUSTABLE = ("lr", "warmup", "grad_clip")
+              "seed", "loss", "parameterization", "variance", "class_conditional")
+ADJUSTABLE = ("lr", "warmup", "grad_clip", "label_dropout")
 
 
 def check_resumable(saved: dict, config: dict, path) -> dict:

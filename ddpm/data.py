@@ -21,6 +21,7 @@ from .cifar10 import CIFAR10
 from .levels import to_model_range
 
 TOY_2D = ("moons", "swissroll", "gaussians8", "checkerboard")
+NUM_CLASSES = {"digits": 10, "cifar10": 10}  # the labelled data sets, for class-conditional training
 
 
 class _Images(Dataset):
@@ -34,6 +35,17 @@ class _Images(Dataset):
 
     def __getitem__(self, i) -> Tensor:
         return self.images[i]
+
+
+class _Labelled(_Images):
+    """A Dataset over images and their labels, yielding (image, label) pairs."""
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        super().__init__(images)
+        self.labels = labels
+
+    def __getitem__(self, i) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
 
 
 # ----------------------------------------------------------------------------------------- digits
@@ -130,9 +142,17 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
 
 # ----------------------------------------------------------------------------------------- one entry point
 
+def check_labelled(name) -> None:
+    """A ValueError unless data set ``name`` has class labels (``NUM_CLASSES``)."""
+    if name not in NUM_CLASSES:
+        raise ValueError(f"class-conditional training needs labelled data (digits or cifar10); {str(name)!r} has "
+                         "no labels")
+
+
 def get_dataset(name: str, split: str = "train", data_dir=None, image_size: int | None = None,
-                crop: str | None = None) -> Dataset:
-    """The training loop's data: a Dataset whose items are image tensors [C, S, S] in [-1, 1] (no labels).
+                crop: str | None = None, labels: bool = False) -> Dataset:
+    """The training loop's data: a Dataset whose items are image tensors [C, S, S] in [-1, 1], or with
+    ``labels=True`` (digits and cifar10 only, classes 0..9) (image, label) pairs.
 
     ``name`` is "digits" (8x8 unless ``image_size``), "celeba" (needs ``data_dir``; 64x64 unless
     ``image_size``; cropped with ``crop``, "ddim" unless given, see ``CelebA``; flipped when split ==
@@ -141,8 +161,11 @@ def get_dataset(name: str, split: str = "train", data_dir=None, image_size: int 
     when split == "train"; ``image_size``, if given, must match the array; ``crop``, if given, must not
     contradict the crop named in the file name).
     """
+    if labels:
+        check_labelled(name)
     if name == "digits":
-        return _Images(digits(split, image_size or 8))
+        data = digits(split, image_size or 8, return_labels=labels)
+        return _Labelled(*data) if labels else _Images(data)
     if name in ("celeba", "cifar10") and data_dir is None:
         holds = "CelebA. " + GET_CELEBA if name == "celeba" else "CIFAR-10, or receives it (torchvision downloads it)"
         raise ValueError(f"get_dataset({name!r}) needs data_dir, the folder that holds {holds}")
@@ -153,7 +176,7 @@ def get_dataset(name: str, split: str = "train", data_dir=None, image_size: int 
     if name == "cifar10":
         if image_size not in (None, 32):
             raise ValueError(f"CIFAR-10 images are 32x32, not {image_size}x{image_size}")
-        return CIFAR10(data_dir, split)
+        return CIFAR10(data_dir, split, with_labels=labels)
     if str(name).endswith(".npy"):
         dataset = ImageArray(name, flip=split == "train")
         if image_size is not None and dataset.shape[2:] != (image_size, image_size):

@@ -27,10 +27,11 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def save_grid(images: Tensor, path) -> Path:
+def save_grid(images: Tensor, path, per_row: int | None = None) -> Path:
     """Write images [N, C, H, W] (uint8 levels, or floats in [-1, 1] taken to the nearest level as by
-    ``to_uint8``) to ``path`` as one PNG grid, ⌈√N⌉ images a row; images under 64 pixels are scaled up by
-    nearest neighbour (an integer factor) to at least 64, so that a grid of small images can be seen."""
+    ``to_uint8``) to ``path`` as one PNG grid, ``per_row`` images a row (default ⌈√N⌉); images under 64 pixels
+    are scaled up by nearest neighbour (an integer factor) to at least 64, so that a grid of small images can
+    be seen."""
     from torchvision.utils import save_image  # here: importing torchvision takes seconds
 
     x = images.detach().cpu()
@@ -39,5 +40,5 @@ def save_grid(images: Tensor, path) -> Path:
     x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x.float() / 255, path, nrow=math.ceil(math.sqrt(len(x))))
+    save_image(x.float() / 255, path, nrow=per_row or math.ceil(math.sqrt(len(x))))
     return path

@@ -20,7 +20,8 @@ from .schedule import NoiseSchedule
 class Loaded(NamedTuple):
     """A trained model and what it was trained with."""
 
-    model: nn.Module                # the ε-model (x_t, t) ↦ ε̂: the network, or an AsEpsModel around it
+    model: nn.Module                # the ε-model (x_t, t) ↦ ε̂: the network, or an AsEpsModel around it (for a
+    #                                 class-conditional network, its null class; see ddpm.classifier_free_guidance)
     schedule: NoiseSchedule         # the schedule it was trained with, on the model's device
     variance: str                   # σ_t² it is sampled with: "fixedlarge" (β_t) or "fixedsmall" (β̃_t)
     shape: tuple                    # one image's [C, H, W]

@@ -21,7 +21,10 @@ counterpart there and is not written.
 The same network is ``ddpm.UNet`` with two settings kept in its config: the original's stride-2 convolutions
 pad only the bottom and right (``downsample_padding="tf_same"``), and the original was fed t − 1
 (``t_offset=1``), so that callers keep the paper's t ∈ {1, …, T}. ``UNet.from_pretrained`` reads a folder and
-``UNet.save_pretrained`` writes the pipeline layout. A network fed t itself (``t_offset=0``) is written exactly
+``UNet.save_pretrained`` writes the pipeline layout. A class-conditional network (``UNet(num_classes=K)``) is a
+UNet2DModel with ``num_class_embeds = K + 1``, label K being the null class of classifier-free guidance; diffusers
+wants ``class_labels`` at every call (K for unconditional ones), which DDPMPipeline does not pass, so call its
+UNet2DModel directly. A network fed t itself (``t_offset=0``) is written exactly
 too: its sinusoid obeys e(t) = R e(t − 1), R a rotation by ω_i of each (sin, cos) pair, so its first time layer
 W becomes W R. This module holds the file layouts, the Hub download, the config translations and the key map.
 """
@@ -61,8 +64,7 @@ DIFFUSERS_DEFAULTS = dict(
 ORIGINAL = dict(center_input_sample=False, time_embedding_type="positional", freq_shift=1, flip_sin_to_cos=False,
                 mid_block_type="UNetMidBlock2D", mid_block_scale_factor=1, downsample_type="conv",
                 upsample_type="conv", act_fn="silu", attention_head_dim=None, attn_norm_num_groups=None,
-                norm_eps=1e-6, resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
-                num_class_embeds=None)
+                norm_eps=1e-6, resnet_time_scale_shift="default", add_attention=True, class_embed_type=None)
 # DDPMScheduler's arguments and defaults. PAPER holds the sampler settings of the original (x̂0 clipped to
 # [-1, 1], no thresholding, the β as given); timestep_spacing and steps_offset only pick fewer steps than T.
 SCHEDULER_DEFAULTS = dict(
@@ -189,6 +191,10 @@ def unet_config(diffusers_config: dict) -> dict:
     if other:
         raise ValueError(f"this UNet2DModel differs from the DDPM network in {other} (DDPM's values: "
                          f"{ {k: ORIGINAL[k] for k in other} }); ddpm.UNet cannot load it")
+    classes = c["num_class_embeds"]
+    if classes is not None and not (isinstance(classes, int) and classes >= 2):
+        raise ValueError(f"num_class_embeds={classes!r}: ddpm.UNet reads None (no classes) or K + 1 >= 2 class "
+                         "embeddings, the last one the null class")
     ch, size = c["block_out_channels"][0], c["sample_size"]
     if c["time_embedding_dim"] not in (None, 4 * ch):
         raise ValueError(f"time_embedding_dim={c['time_embedding_dim']}: the DDPM network's time embedding has "
@@ -210,7 +216,8 @@ def unet_config(diffusers_config: dict) -> dict:
                 attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn) if a), dropout=c["dropout"],
                 image_size=size, out_channels=c["out_channels"], conv_shortcut=False,
                 num_groups=c["norm_num_groups"],
-                downsample_padding="tf_same" if c["downsample_padding"] == 0 else "symmetric", t_offset=1)
+                downsample_padding="tf_same" if c["downsample_padding"] == 0 else "symmetric", t_offset=1,
+                num_classes=None if classes is None else classes - 1)  # the last class embedding: the null class
 
 
 def scheduler_settings(scheduler_config: dict) -> dict:
@@ -272,7 +279,7 @@ def module_names(model) -> dict[str, str]:
     """Each ddpm.UNet module's name → its UNet2DModel name (an attention's fused ``qkv`` → the prefix of
     ``to_q``, ``to_k`` and ``to_v``)."""
     names = {"conv_in": "conv_in", "emb.0": "time_embedding.linear_1", "emb.2": "time_embedding.linear_2",
-             "norm_out": "conv_norm_out", "conv_out": "conv_out"}
+             "label_emb": "class_embedding", "norm_out": "conv_norm_out", "conv_out": "conv_out"}
 
     def block(ours: str, theirs: str, attention: str):
         names.update({f"{ours}.{a}": f"{theirs}.{b}" for a, b in RESBLOCK.items()})
@@ -357,7 +364,8 @@ def shift_time_embedding(weight: Tensor, shift: int) -> Tensor:
 
 def diffusers_config(model) -> dict:
     """The UNet2DModel config.json of a ddpm.UNet. Any ``t_offset`` and either padding fit; the 3x3
-    convolutional shortcut does not (UNet2DModel's shortcut is a 1x1 convolution)."""
+    convolutional shortcut does not (UNet2DModel's shortcut is a 1x1 convolution). K classes are K + 1 class
+    embeddings, the last for the null class."""
     c = model.config
     if c["conv_shortcut"]:
         raise ValueError("diffusers' UNet2DModel has 1x1 shortcuts only, so a UNet built with conv_shortcut=True "
@@ -368,6 +376,7 @@ def diffusers_config(model) -> dict:
             "out_channels": model.out_channels, "block_out_channels": [c["ch"] * m for m in c["ch_mult"]],
             "layers_per_block": c["num_res_blocks"], "norm_num_groups": c["num_groups"], "dropout": c["dropout"],
             "downsample_padding": 0 if c["downsample_padding"] == "tf_same" else 1,
+            "num_class_embeds": None if model.num_classes is None else model.num_classes + 1,
             "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
             "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]}
 

@@ -7,7 +7,7 @@ and DistributedDataParallel under torchrun.
 The loop reads as the algorithm: :func:`train_step` is one gradient step, and a :class:`Recorder` keeps
 what a run writes (log.csv with step, loss, lr, grad_norm and note; the checkpoint) and says.
 
-Randomness. Everything random in step k (which images, their flips, t and ε, dropout) is drawn from
+Randomness. Everything random in step k (which images, their flips, t and ε, dropout, dropped labels) is drawn from
 generators seeded by (seed, k) (see ``ddpm.batches``), so a run resumed at step k takes the same steps
 as one that never stopped, and the global batch is the same for any number of processes.
 
@@ -46,7 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .batches import StepBatches, step_noise, step_seed
+from .batches import StepBatches, step_label_dropout, step_noise, step_seed
 from .checkpoint import (atomic_write, build_network, load_checkpoint, network_config, remove_stale_temporaries,
                          rng_state, save_checkpoint, set_rng_state, unwritable)
 from .config import (TrainConfig, build_model, check_resumable, native_bf16, resolve, resolve_device,
@@ -85,10 +85,13 @@ def train(config: TrainConfig | None = None, model: nn.Module | None = None, dat
     """Algorithm 1: repeat {x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); a gradient step on ‖ε − ε_θ(x_t, t)‖²}.
 
     Pass ``model`` (any ε-network) or ``dataset`` (items: image tensors [C, H, W] in [-1, 1]) to use
-    your own instead of the config's. Raises :class:`NonFiniteLossError` when the loss stops being finite,
-    ``KeyboardInterrupt`` with a one-line message on Ctrl-C (after saving the last finished step), and a
-    ValueError before any work when out_dir cannot be written or holds a run that resume=True does not
-    continue, when the data's items are not images, or when a resumed run asks for fewer steps than done.
+    your own instead of the config's. With ``config.class_conditional`` (Ho & Salimans 2022), the items are
+    (image, label) pairs, the network is called ``model(x_t, t, y)`` and has ``.num_classes`` K, and each label
+    is replaced by the null class K with probability ``config.label_dropout``. Raises :class:`NonFiniteLossError`
+    when the loss stops being finite, ``KeyboardInterrupt`` with a one-line message on Ctrl-C (after saving the
+    last finished step), and a ValueError before any work when out_dir cannot be written or holds a run that
+    resume=True does not continue, when the data's items are not images, or when a resumed run asks for fewer
+    steps than done.
     """
     config = config or TrainConfig()
     _check_out_dir(config)
@@ -106,18 +109,20 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def train_step(s, net, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, x0: Tensor, t: Tensor,
-               noise: Tensor, step: int, config: TrainConfig) -> tuple[Tensor, Tensor]:
+               noise: Tensor, step: int, config: TrainConfig, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Step ``step`` (from 0) of Algorithm 1 on x_0, t and ε: the loss (L_simple, Eq. 14, or the bound's term
     with loss="vlb") under autocast, its gradient clipped to global norm grad_clip, Adam at the warm-up lr,
-    then the EMA of the weights. ``net`` computes (``model`` wrapped in DDP or compiled, or ``model`` itself).
+    then the EMA of the weights. ``net`` computes (``model`` wrapped in DDP or compiled, or ``model`` itself),
+    given the labels ``y`` where there are (a class-conditional run).
     Returns the loss and the gradient's norm before clipping, as tensors (reading them waits for the device)."""
     for group in opt.param_groups:
         group["lr"] = learning_rate(config, step)
+    eps_model = net if y is None else (lambda xt, tt: net(xt, tt, y))
     with torch.autocast(x0.device.type, torch.bfloat16, enabled=config.bf16):
         if config.loss == "simple":
-            loss = l_simple(s, net, x0, t, noise, parameterization=config.parameterization)
+            loss = l_simple(s, eps_model, x0, t, noise, parameterization=config.parameterization)
         else:
-            loss = l_vlb(s, net, x0, t, noise, config.variance, parameterization=config.parameterization)
+            loss = l_vlb(s, eps_model, x0, t, noise, config.variance, parameterization=config.parameterization)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -150,6 +155,7 @@ def _train(config, model, dataset, progress, rank, world, device) -> TrainResult
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    num_classes = _num_classes(config, model, dataset)
     ema = ema_copy(model)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True if device.type == "cuda" else None)
     start, changes = 0, []
@@ -189,9 +195,9 @@ def _train(config, model, dataset, progress, rank, world, device) -> TrainResult
                 except DATA_ERRORS as e:  # at a step boundary: keep the steps done, then say what was wrong
                     rec.keep(model, ema, opt)
                     raise rec.data_error(e, step) from None
-                x0, t, noise = _step_inputs(batch, step, config, shape, sampler.part, device)
+                x0, t, noise, y = _step_inputs(batch, step, config, shape, sampler.part, device, num_classes)
                 torch.manual_seed(step_seed(config.seed, step, 2, rank))  # dropout masks, different on each rank
-                loss, grad_norm = train_step(s, net, model, ema, opt, x0, t, noise, step, config)
+                loss, grad_norm = train_step(s, net, model, ema, opt, x0, t, noise, step, config, y)
                 rec.record(loss, grad_norm)
 
                 done = step + 1
@@ -379,7 +385,7 @@ def _load_data(config: TrainConfig, rank: int, world: int):
     data set that downloads (CIFAR-10) fetches into its folder once. Flipping is left to the loop."""
     if rank > 0:
         dist.barrier()
-    dataset = get_dataset(config.data, "train", config.data_dir, config.image_size)
+    dataset = get_dataset(config.data, "train", config.data_dir, config.image_size, labels=config.class_conditional)
     if rank == 0 and world > 1:
         dist.barrier()
     if hasattr(dataset, "flip"):
@@ -400,6 +406,20 @@ def _image_shape(dataset) -> tuple:
     return shape
 
 
+def _num_classes(config: TrainConfig, model: nn.Module, dataset) -> int | None:
+    """The network's number of classes K for a class-conditional run (None for others), after checks that it
+    has classes and that the data's items are (image, label) pairs."""
+    if not config.class_conditional:
+        return None
+    if not isinstance(getattr(model, "num_classes", None), int):
+        raise ValueError("class_conditional=True needs a network with classes, called model(x, t, y) and with "
+                         ".num_classes K (ddpm.UNet(..., num_classes=K))")
+    if not isinstance(dataset[0], (list, tuple)):
+        raise ValueError("class_conditional=True needs labelled data: items (image, label), as data='digits' or "
+                         "'cifar10' gives them")
+    return model.num_classes
+
+
 def _check_resume(state: dict, config: TrainConfig, path: Path) -> dict:
     """The adjustable settings that changed since the checkpoint (see ``check_resumable``), after checks."""
     changed = check_resumable(state["config"], asdict(config), path)
@@ -409,15 +429,21 @@ def _check_resume(state: dict, config: TrainConfig, path: Path) -> dict:
     return changed
 
 
-def _step_inputs(batch, step: int, config: TrainConfig, shape, part: slice, device):
+def _step_inputs(batch, step: int, config: TrainConfig, shape, part: slice, device, num_classes: int | None = None):
     """Step ``step``'s x_0 ~ q(x_0) (this rank's images, mirrored where the step's coin flips say and config.flip),
-    t ~ U{1..T} and ε ~ N(0, I), all from (seed, step) (see ``ddpm.batches``), laid out for the network."""
+    t ~ U{1..T} and ε ~ N(0, I), all from (seed, step) (see ``ddpm.batches``), laid out for the network; and
+    for a class-conditional run (``num_classes`` K) the labels y, each replaced by the null class K where the
+    step's label dropout says (else None)."""
     x0 = _images(batch).to(device, non_blocking=True)
     t, noise, flip = step_noise(config.seed, step, config.T, config.batch_size, shape, part, device)
     x0 = torch.where(flip[:, None, None, None] & config.flip, x0.flip(-1), x0)
     if config.channels_last:
         x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
-    return x0, t, noise
+    y = None
+    if num_classes is not None:
+        drop = step_label_dropout(config.seed, step, config.batch_size, config.label_dropout, part, device)
+        y = torch.where(drop, num_classes, batch[1].to(device, torch.long, non_blocking=True))
+    return x0, t, noise, y
 
 
 def _images(batch):
@@ -483,7 +509,9 @@ def _open_log(path: Path, start: int):
 @torch.no_grad()
 def _sample_grid(s, ema, config, shape, device, path: Path, rank=0, world=1, progress=False) -> None:
     """Algorithm 2 with the EMA weights (σ_t² as ``sampling_variance`` says; the network in bf16 where the run
-    trains in it), always from the same noise (seeded by config.seed), as a PNG grid (see ``save_grid``).
+    trains in it), always from the same noise (seeded by config.seed), as a PNG grid (see ``save_grid``). A
+    class-conditional run's grid is of the conditional model ε_θ(x_t, t, y) without guidance (w = 0): image i
+    is of class i mod K, with K images a row, so that column k shows class k.
 
     Under DDP every rank draws the whole grid's noise but runs the network on its own share of the images
     only; the shares are gathered on every rank, so no rank waits idle in a collective while another samples.
@@ -491,14 +519,19 @@ def _sample_grid(s, ema, config, shape, device, path: Path, rank=0, world=1, pro
     n = config.num_samples
     share = math.ceil(n / world)
     part = slice(min(rank * share, n), min((rank + 1) * share, n))
+    K = ema.num_classes if config.class_conditional else None
+    y = None if K is None else torch.arange(n, device=device) % K
+
+    def network(x, t, rows=slice(None)):  # the network's output for these rows, with their labels if any
+        return ema(x[rows], t[rows]) if y is None else ema(x[rows], t[rows], y[rows])
 
     def network_share(x, t):  # the network's output for this rank's rows; the others' rows get 0, discarded
         output = torch.zeros_like(x)
         if part.start < part.stop:
-            output[part] = ema(x[part], t[part])
+            output[part] = network(x, t, part)
         return output
 
-    eps_model = as_eps_model(s, ema if world == 1 else network_share, config.parameterization)
+    eps_model = as_eps_model(s, network if world == 1 else network_share, config.parameterization)
     g = torch.Generator(device).manual_seed(config.seed)
     x = sample(s, eps_model, (n, *shape), variance=sampling_variance(config), generator=g, device=device,
                progress=progress, bf16=config.bf16)
@@ -509,4 +542,4 @@ def _sample_grid(s, ema, config, shape, device, path: Path, rank=0, world=1, pro
         dist.all_gather(shares, mine)
         x = torch.cat(shares)[:n]
     if rank == 0:
-        save_grid(x, path)
+        save_grid(x, path, per_row=K)

@@ -5,7 +5,8 @@ single-head self-attention, the two resampling layers, and the U-Net that stacks
 follows the original TensorFlow model (hojonathanho/diffusion): GroupNorm (32 groups), swish,
 convolutional resampling, ``num_res_blocks`` blocks per level on the way down and one more on the way
 up (each eating one skip connection), and zero-initialised last layers so that every residual branch,
-and the whole network, starts at zero.
+and the whole network, starts at zero. Beyond the paper, ``num_classes`` adds a class label's vector to the
+time embedding, for classifier-free guidance (:mod:`ddpm.guidance`).
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε_θ(x_t, t): images [B, C, S, S] and timesteps t ∈ {1, …, T} of shape [B] to noise [B, C, S, S].
+    """ε_θ(x_t, t): images [B, C, S, S] and timesteps t ∈ {1, …, T} of shape [B] to noise [B, C, S, S]; built with
+    ``num_classes=K``, ε_θ(x_t, t, y) with class labels y, for classifier-free guidance (see :meth:`forward`).
 
     ``UNet.from_pretrained(name_or_path)`` loads the paper's released weights, and ``model.save_pretrained(folder)``
     writes a network, released or trained here, in the same layout (see :mod:`ddpm.pretrained`).
@@ -183,10 +185,11 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 3, ch: int = 128, ch_mult=(1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions=(16,), dropout: float = 0.1, image_size: int = 32, out_channels: int | None = None,
                  conv_shortcut: bool = False, num_groups: int = 32, downsample_padding: str = "symmetric",
-                 t_offset: int = 0):
+                 t_offset: int = 0, num_classes: int | None = None):
         """``downsample_padding``: see :class:`Downsample`. ``t_offset``: the network embeds t − t_offset; 1 for
         the presets and the released checkpoints, trained on t ∈ {0, …, T−1}, 0 for networks trained here
-        before 2026-12-04 (callers pass the paper's t ∈ {1, …, T} either way)."""
+        before 2026-12-04 (callers pass the paper's t ∈ {1, …, T} either way). ``num_classes``: K makes the
+        network class-conditional (Ho & Salimans 2022): labels 0, …, K − 1, and K for the null class, "no label"."""
         super().__init__()
         levels = len(ch_mult)
         resolutions = [image_size // 2**i for i in range(levels)]
@@ -196,6 +199,8 @@ class UNet(nn.Module):
         if image_size % 2 ** (levels - 1):
             raise ValueError(f"image_size={image_size} cannot be halved {levels - 1} times (ch_mult has {levels} "
                              f"levels); use an image_size divisible by {2 ** (levels - 1)} or fewer levels")
+        if num_classes is not None and not (isinstance(num_classes, int) and num_classes >= 1):
+            raise ValueError(f"num_classes must be a positive integer (or None, no classes), got {num_classes!r}")
         if downsample_padding not in PADDINGS:
             raise ValueError(f"downsample_padding must be one of {PADDINGS}, got {downsample_padding!r}")
         if not set(attn_resolutions) <= set(resolutions):
@@ -205,16 +210,19 @@ class UNet(nn.Module):
         self.config = dict(in_channels=in_channels, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
                            attn_resolutions=tuple(attn_resolutions), dropout=dropout, image_size=image_size,
                            out_channels=out_channels, conv_shortcut=conv_shortcut, num_groups=num_groups,
-                           downsample_padding=downsample_padding, t_offset=t_offset)
+                           downsample_padding=downsample_padding, t_offset=t_offset, num_classes=num_classes)
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
         self.image_size, self.ch, self.ch_mult = image_size, ch, tuple(ch_mult)
         self.num_res_blocks, self.attn_resolutions = num_res_blocks, tuple(attn_resolutions)
-        self.num_groups, self.t_offset = num_groups, t_offset
+        self.num_groups, self.t_offset, self.num_classes = num_groups, t_offset, num_classes
         # the NoiseSchedule, variance and parameterization trained with, where known (UNet.from_pretrained)
         self.schedule, self.variance, self.parameterization = None, None, None
 
         # t ↦ sinusoid(t) ∈ R^ch → dense 4ch → swish → dense 4ch → swish; each ResBlock projects it.
         self.emb = nn.Sequential(nn.Linear(ch, 4 * ch), nn.SiLU(), nn.Linear(4 * ch, 4 * ch), nn.SiLU())
+        # The label's vector (row K: the null class) is added before the last swish, where diffusers'
+        # UNet2DModel(num_class_embeds=K + 1) adds its class_embedding, so exported weights compute the same.
+        self.label_emb = None if num_classes is None else nn.Embedding(num_classes + 1, 4 * ch)
 
         def block(c_in, c_out, attn):
             return ResBlock(c_in, c_out, 4 * ch, dropout, attn, conv_shortcut, num_groups)
@@ -250,7 +258,8 @@ class UNet(nn.Module):
         """The original's initialisation: Xavier-uniform weights, zero biases, and zero for each residual
         branch's last layer and the output convolution, so that a fresh network returns exactly 0. The fused
         q, k, v convolution is initialised a third at a time, as the original's three C x C layers were
-        (Xavier on the whole 3C x C weight would give them 0.707x that std)."""
+        (Xavier on the whole 3C x C weight would give them 0.707x that std). The class embedding, which the
+        original lacks, keeps nn.Embedding's N(0, 1), as diffusers' UNet2DModel initialises its class_embedding."""
         fused = {id(m.qkv) for m in self.modules() if isinstance(m, Attention)}
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -265,8 +274,8 @@ class UNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def check_input(self, x: Tensor, t: Tensor) -> None:
-        """Raise a ValueError that says what was expected when x or t do not fit this network."""
+    def check_input(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> None:
+        """Raise a ValueError that says what was expected when x, t or y do not fit this network."""
         want = f"{self.in_channels}x{self.image_size}x{self.image_size}"
         if x.dim() != 4:
             raise ValueError(f"UNet expects images of shape [B, {want.replace('x', ', ')}], got shape {tuple(x.shape)}")
@@ -278,16 +287,42 @@ class UNet(nn.Module):
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"UNet expects timesteps t as a tensor of shape [{x.shape[0]}] (one per image), "
                              f"got {shape}; use torch.full(({x.shape[0]},), t) for a single timestep")
+        if y is not None:
+            self.check_labels(y, x.shape[0])
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """ε̂ = ε_θ(x_t, t), of x's shape (or out_channels channels).
+    def check_labels(self, y: Tensor, batch: int) -> None:
+        """Raise a ValueError unless y is [batch] integer labels in {0, …, K}. The range check reads y on the host
+        (a sync on a GPU), and is left out while torch.compile traces (torch >= 2.3 says when it does)."""
+        K = self.num_classes
+        if K is None:
+            raise ValueError("this UNet has no classes (num_classes=None); call model(x, t) or build it with "
+                             "num_classes=K")
+        if not isinstance(y, Tensor) or y.shape != (batch,):
+            shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"UNet expects labels y as a tensor of shape [{batch}] (one per image), got {shape}; "
+                             f"use torch.full(({batch},), label) for one class")
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise ValueError(f"labels y must be integers, got {y.dtype}; pass a long tensor (y.long())")
+        if not getattr(torch.compiler, "is_compiling", lambda: False)() and bool(((y < 0) | (y > K)).any()):
+            bad = y[(y < 0) | (y > K)].unique().tolist()
+            raise ValueError(f"labels y must lie in 0..{K - 1}, or {K} for the null class (no label); got {bad[:5]}")
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """ε̂ = ε_θ(x_t, t), or ε_θ(x_t, t, y) for a class-conditional network, of x's shape (or out_channels
+        channels). ``y``: None is the null class for every image; else a long tensor [B] of labels in
+        {0, …, K − 1}, where K, the null class, marks an image as unconditional, so that one batch mixes both
+        (as label dropout in training and classifier-free guidance do).
 
         The output layer runs in the weights' precision (float32) even under autocast: a posterior mean μ̃ or
         an x_0 output carries its signal in digits that bf16's 8 bits would round away (μ̃'s x_0 part, c₁ x_0,
         falls below bf16's resolution of |μ̃| ≈ 1 from t ≈ 436 on).
         """
-        self.check_input(x, t)
-        emb = self.emb(timestep_embedding(t - self.t_offset, self.ch).to(self.emb[0].weight.dtype))
+        self.check_input(x, t, y)
+        emb = self.emb[:3](timestep_embedding(t - self.t_offset, self.ch).to(self.emb[0].weight.dtype))
+        if self.label_emb is not None:
+            y = torch.full((len(x),), self.num_classes, device=x.device) if y is None else y.long()
+            emb = emb + self.label_emb(y)
+        emb = self.emb[3](emb)
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:

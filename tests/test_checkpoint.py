@@ -155,3 +155,21 @@ def test_a_resumed_run_builds_the_network_its_checkpoint_was_trained_as(tmp_path
     assert (state["step"], state["unet"]["downsample_padding"], state["unet"]["t_offset"]) == (2, "symmetric", 0)
     model, _, _ = load_model(old)
     assert (model.config["downsample_padding"], model.t_offset) == ("symmetric", 0)
+
+
+def test_a_checkpoint_from_before_class_labels_loads_and_resumes_as_unconditional(tmp_path):
+    """A checkpoint written before UNet took num_classes and TrainConfig took class_conditional and label_dropout
+    (none of the three keys) loads and resumes as the unconditional network it is; a new one stores them."""
+    data = torch.rand(8, 1, 8, 8) * 2 - 1
+    cfg = TrainConfig(T=10, batch_size=4, steps=1, sample_every=0, out_dir=str(tmp_path))
+    train(cfg, dataset=data, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    assert state["unet"]["num_classes"] is None and state["config"]["class_conditional"] is False
+    old_config = {k: v for k, v in state["config"].items() if k not in ("class_conditional", "label_dropout")}
+    save_checkpoint({**state, "unet": {k: v for k, v in state["unet"].items() if k != "num_classes"},
+                     "config": old_config}, path)
+    model, config, _ = load_model(path)
+    assert model.num_classes is None and model.label_emb is None and not config.class_conditional
+    resumed = train(replace(cfg, steps=2, resume=True), dataset=data, progress=False)
+    assert resumed.step == 2 and resumed.model.num_classes is None

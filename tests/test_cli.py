@@ -23,8 +23,9 @@ from ddpm.train import TrainConfig
 FAST = ["--T", "20", "--batch-size", "4", "--sample-every", "0", "--quiet"]
 
 
-@pytest.mark.parametrize("command, flags", [("train", ["--data-dir", "--no-bf16", "--no-compile", "--resume"]),
-                                            ("sample", ["--checkpoint", "--npy", "--no-ema"]),
+@pytest.mark.parametrize("command, flags", [("train", ["--data-dir", "--no-bf16", "--no-compile", "--resume",
+                                                      "--class-conditional", "--label-dropout"]),
+                                            ("sample", ["--checkpoint", "--npy", "--no-ema", "--class", "--guidance"]),
                                             ("evaluate", ["--checkpoint", "--num-images", "--split"]),
                                             ("export", ["--checkpoint", "--out", "--no-ema"])])
 def test_every_command_has_help(command, flags, capsys):
@@ -447,3 +448,73 @@ def test_help_names_every_data_set_and_the_console_script_by_its_name(capsys, mo
     assert parser().prog == "ddpm"
     monkeypatch.setattr(sys, "argv", ["/src/ddpm/__main__.py"])
     assert parser().prog == "python -m ddpm"
+
+
+# ------------------------------------------------------------------- classifier-free guidance
+
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory):
+    """A 2-step class-conditional digits checkpoint, like ``ckpt``'s."""
+    run = tmp_path_factory.mktemp("conditional") / "run"
+    assert main(["train", "--data", "digits", "--class-conditional", "--label-dropout", "0.2", "--steps", "2", *FAST,
+                 "--lr", "0.01", "--warmup", "0", "--out-dir", str(run)]) == 0
+    return run / "checkpoint.pt"
+
+
+def drawn(checkpoint, tmp_path, name, *flags) -> np.ndarray:
+    npy = tmp_path / f"{name}.npy"
+    assert main(["sample", "--checkpoint", str(checkpoint), "--num-samples", "3", "--no-bf16", "--out",
+                 str(tmp_path / f"{name}.png"), "--npy", str(npy), *flags]) == 0
+    return np.load(npy)
+
+
+def test_sample_draws_a_class_with_guidance_or_the_null_class(conditional, tmp_path):
+    """--class 3 --guidance 2 draws with ddpm.classifier_free_guidance(network, 3, 2) (the same uint8 images from
+    the same noise), --class alone with w = 0, and no --class the unconditional model, the null class."""
+    import ddpm
+    from ddpm.batches import step_seed
+    state = load_checkpoint(conditional)
+    assert state["config"]["class_conditional"] and state["unet"]["num_classes"] == 10
+    loaded = ddpm.load(conditional)
+
+    def expected(eps_model):
+        g = torch.Generator().manual_seed(step_seed(0, 0))  # sample's noise for --seed 0, batch 0
+        x = ddpm.sample(loaded.schedule, eps_model, (3, 1, 8, 8), loaded.variance, generator=g)
+        return ddpm.to_uint8(x).numpy()
+
+    guided = drawn(conditional, tmp_path, "guided", "--class", "3", "--guidance", "2")
+    assert np.array_equal(guided, expected(ddpm.classifier_free_guidance(loaded.network, 3, 2.0)))
+    conditional_only = drawn(conditional, tmp_path, "w0", "--class", "3")
+    assert np.array_equal(conditional_only, expected(ddpm.classifier_free_guidance(loaded.network, 3, 0.0)))
+    null = drawn(conditional, tmp_path, "null")
+    assert np.array_equal(null, expected(loaded.model))
+    assert not np.array_equal(guided, conditional_only) and not np.array_equal(conditional_only, null)
+
+
+@pytest.mark.parametrize("which, flags, message", [
+    ("plain", ["--class", "3"], "is not class-conditional, so --class has no meaning: sample without it, or train "
+                                "with --class-conditional"),
+    ("conditional", ["--class", "10"], "--class 10: .* has classes 0..9"),
+    ("conditional", ["--class", "-1"], "--class -1: .* has classes 0..9"),
+    ("conditional", ["--guidance", "2"], "--guidance needs --class, the class it guides towards"),
+    ("conditional", ["--class", "3", "--guidance", "-1"], "the guidance weight w must be a finite number >= 0"),
+])
+def test_class_and_guidance_errors_are_one_line_with_exit_code_2(which, flags, message, ckpt, conditional, tmp_path,
+                                                                   capsys, never_sample):
+    checkpoint = ckpt if which == "plain" else conditional
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.png"), *flags]) == 2
+    assert re.search(message, one_line_error(capsys.readouterr().err))
+
+
+def test_a_class_conditional_checkpoint_exports_with_its_classes(conditional, tmp_path, capsys):
+    import ddpm
+    folder = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(conditional), "--out", str(folder)]) == 0
+    assert "class_labels in 0..9, or 10 for the null class" in capsys.readouterr().out
+    assert json.loads((folder / "unet" / "config.json").read_text())["num_class_embeds"] == 11
+    ours, again = ddpm.load(conditional), ddpm.load(folder)
+    assert again.network.num_classes == 10
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([1, 5, 10, 20]), torch.tensor([0, 3, 9, 10])
+    with torch.no_grad():
+        assert torch.equal(again.network(x, t, y), ours.network(x, t, y))

@@ -548,3 +548,23 @@ def test_cifar10_offline_says_what_to_do(tmp_path, gen, offline, stand_in_md5s, 
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'cifar-10-batches-py'} fails torchvision's MD5 "
                                                 "check \\(incomplete or altered\\) and could not be downloaded"):
         get_dataset("cifar10", "train", tmp_path)
+
+
+def test_labelled_data_sets_yield_image_label_pairs_and_the_others_refuse(tmp_path, gen, offline, stand_in_md5s):
+    """labels=True (class-conditional training): digits and CIFAR-10 give (image, class) pairs, the images those
+    of labels=False and the classes the data's own; CelebA and a .npy array have none, a one-line error."""
+    images, labels = ddpm.digits(return_labels=True)
+    data = get_dataset("digits", labels=True)
+    x, y = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))
+    assert torch.equal(x, images) and torch.equal(y, labels) and y.dtype == torch.long
+    batches = _cifar10_stand_in(tmp_path, np.random.default_rng(torch.randint(2**31, (), generator=gen).item()))
+    stand_in_md5s(tmp_path / "cifar-10-batches-py")
+    cifar = get_dataset("cifar10", "test", tmp_path, labels=True)
+    cifar.flip = False
+    x, y = next(iter(torch.utils.data.DataLoader(cifar, batch_size=3)))
+    assert torch.equal(x, torch.stack([CIFAR10(tmp_path, "test", flip=False)[i] for i in range(3)]))
+    assert y.tolist() == batches["test_batch"]["labels"]
+    for name in ("celeba", str(tmp_path / "faces.npy")):
+        with pytest.raises(ValueError, match=r"^class-conditional training needs labelled data \(digits or "
+                                             r"cifar10\); '.*' has no labels$"):
+            get_dataset(name, data_dir=tmp_path, labels=True)

@@ -88,10 +88,10 @@ def test_posterior_mean_and_variance(name, t, gen):
     assert std.item() ** 2 == pytest.approx(our_var.item(), rel=1e-3)  # a ratio of float32 differences
 
 
-def random_tiny_unet(gen):
+def random_tiny_unet(gen, **changes):
     """The tiny preset (the original's padding and t − 1) on 3x8x8 images, every weight drawn at random, the
     output layer's 5 times larger, so that the output is O(1) (0.4-0.9 RMS)."""
-    model = ddpm.UNet.preset("tiny", in_channels=3, image_size=8, dropout=0.0).eval()
+    model = ddpm.UNet.preset("tiny", in_channels=3, image_size=8, dropout=0.0, **changes).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_((0.5 if name.startswith("conv_out") else 0.1) * torch.randn(p.shape, generator=gen))
@@ -133,3 +133,23 @@ def test_an_exported_v_network_takes_diffusers_ancestral_step(name, variance, tm
         assert max(gaps) <= bound, (t, gaps, bound)
         if t >= 100:
             assert (as_eps_x0 - theirs.pred_original_sample).abs().max().item() / scale > 20 * bound, t
+
+
+def test_an_exported_class_conditional_network_is_diffusers_class_conditional_unet(tmp_path, gen):
+    """UNet(num_classes=K) is written as UNet2DModel(num_class_embeds=K + 1), label K the null class, its label
+    vectors as class_embedding: diffusers, given class_labels, computes at k = t − 1 what ddpm computes at t (to
+    the float32 rounding of test_pretrained.py, 1e-5 of the scale) for real classes and the null class, which
+    ddpm's y=None means. Moving each label by one changes the output by far more, so the labels are compared."""
+    model = random_tiny_unet(gen, num_classes=3)
+    folder = ddpm.save_pretrained(model, tmp_path / "conditional", NoiseSchedule.linear(), "fixedlarge")
+    twin = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    assert twin.config.num_class_embeds == 4 and twin.class_embedding.weight.shape == (4, 128)
+    x, t = torch.randn(8, 3, 8, 8, generator=gen), torch.tensor([1, 2, 10, 100, 500, 999, 1000, 7])
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    with torch.no_grad():
+        ours, theirs = model(x, t, y), twin(x, t - 1, class_labels=y).sample
+        null, theirs_null = model(x, t), twin(x, t - 1, class_labels=torch.full((8,), 3)).sample
+        shifted = model(x, t, (y + 1) % 4)
+    scale = ours.abs().max()
+    assert (ours - theirs).abs().max() <= 1e-5 * scale and (null - theirs_null).abs().max() <= 1e-5 * scale
+    assert (ours - shifted).abs().max() > 1e-2 * scale

@@ -376,6 +376,40 @@ def test_save_pretrained_writes_a_folder_diffusers_reads_as_the_same_network(saf
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
 
 
+def test_a_class_conditional_network_round_trips_with_its_classes(tmp_path, gen):
+    """num_classes=K is written as num_class_embeds=K + 1 and read back as K: the same weights, the same outputs
+    for every label and the null class (bit for bit), and ddpm.load gives the null class's ε-model."""
+    model = random_unet(gen, num_classes=5)
+    folder = model.save_pretrained(tmp_path / "conditional", schedule=NoiseSchedule.linear(), variance="fixedlarge")
+    assert json.loads((folder / "unet" / "config.json").read_text())["num_class_embeds"] == 6
+    again = UNet.from_pretrained(folder)
+    assert again.num_classes == 5 and again.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    x, t = torch.randn(6, 3, 32, 32, generator=gen), torch.tensor([1, 2, 10, 500, 999, 1000])
+    with torch.no_grad():
+        y = torch.arange(6)
+        assert torch.equal(again(x, t, y), model(x, t, y)) and torch.equal(ddpm.load(folder).model(x, t), model(x, t))
+
+
+def test_a_class_conditional_folder_written_by_diffusers_is_read(tmp_path, gen):
+    config = {**narrow(CIFAR10), "num_class_embeds": 3}
+    folder = pipeline_folder(tmp_path, random_twin(config, gen), "fixed_large")
+    ours = UNet.from_pretrained(folder)
+    assert ours.num_classes == 2
+    twin = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    x, t, y = torch.randn(3, 3, 32, 32, generator=gen), torch.tensor([1, 500, 1000]), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        assert_float32_equal([(ours(x, t, y), twin(x, t - 1, class_labels=y).sample)])
+
+
+@pytest.mark.parametrize("classes", [1, 0, 2.5])
+def test_fewer_than_two_class_embeddings_are_refused_in_one_line(classes):
+    with pytest.raises(ValueError, match=rf"num_class_embeds={classes}: ddpm.UNet reads None \(no classes\) or "
+                                         r"K \+ 1 >= 2") as error:
+        pretrained.unet_config({**CIFAR10, "num_class_embeds": classes})
+    assert "\n" not in str(error.value)
+
+
 def test_a_schedule_other_than_linear_is_written_as_its_betas(tmp_path):
     model = UNet.preset("tiny", downsample_padding="tf_same", t_offset=1)
     s = NoiseSchedule.cosine(50)

@@ -668,3 +668,130 @@ def test_a_mean_networks_grid_under_ddp_is_the_single_process_grid(tmp_path, mon
         train_mod._sample_grid(s, net, cfg, shape, cpu, tmp_path / "two.png", rank=rank, world=2)
     one, two = (np.asarray(Image.open(tmp_path / name), dtype=float) for name in ("one.png", "two.png"))
     assert one.shape == two.shape and np.abs(one - two).max() <= 1
+
+
+# Class-conditional training (classifier-free guidance, Ho & Salimans 2022) ---------------------------------------
+
+def labels_seen(config, steps):
+    """The labels the network gets in ``steps`` of a digits run: the batch's, or 10 where dropped."""
+    from ddpm.batches import step_label_dropout
+    from ddpm.data import get_dataset
+    data = get_dataset("digits", labels=True)
+    seen = set()
+    for step in steps:
+        y = data.labels[batch_indices(len(data), config.batch_size, config.seed, step)]
+        drop = step_label_dropout(config.seed, step, config.batch_size, config.label_dropout)
+        seen |= set(torch.where(drop, 10, y).tolist())
+    return seen
+
+
+@pytest.mark.parametrize("loss", ["simple", "vlb"])
+def test_a_class_conditional_run_feeds_the_labels_stores_its_classes_and_resumes_bit_for_bit(loss, tmp_path):
+    """The tiny UNet on labelled digits: the rows of the label embedding that move are exactly the labels (with the
+    null class for the dropped ones) of the batches from step 2 on, so the labels reach the network under either
+    loss (in steps 0 and 1 no gradient reaches the embedding: the zero-initialised output layer, then the blocks'
+    zero-initialised last convolutions, pass none back until they have moved); the checkpoint holds
+    num_classes=10; a run stopped at step 2 and resumed equals one that never stopped."""
+    cfg = TrainConfig(class_conditional=True, label_dropout=0.25, loss=loss, T=20, batch_size=4, steps=4, lr=1e-3,
+                      warmup=0, log_every=1, sample_every=0, checkpoint_every=0, bf16=False, seed=3,
+                      out_dir=str(tmp_path / "a"))
+    straight = train(cfg, progress=False)
+    torch.manual_seed(cfg.seed)
+    initial = checkpoint.build_model(straight.config, 1)
+    assert initial.num_classes == straight.model.num_classes == 10
+    moved = (straight.model.label_emb.weight != initial.label_emb.weight).any(1).nonzero().flatten().tolist()
+    seen = labels_seen(cfg, range(2, 4))
+    assert set(moved) == seen and 10 in seen and len(seen) < 11  # the last two: this seed's draws test something
+
+    stopped = train(replace(cfg, out_dir=str(tmp_path / "b"), steps=2), progress=False)
+    assert stopped.step == 2
+    resumed = train(replace(cfg, out_dir=str(tmp_path / "b"), resume=True), progress=False)
+    assert resumed.losses == straight.losses[2:]
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert state["unet"]["num_classes"] == 10 and state["config"]["class_conditional"] is True
+    model, config, _ = checkpoint.load_model(tmp_path / "b" / "checkpoint.pt")
+    assert model.num_classes == 10 and config.label_dropout == 0.25
+
+
+def test_label_dropout_replaces_the_stated_share_by_the_null_class(seed):
+    """Over 400 steps of 64 labels, the share dropped to the null class is label_dropout to within 5 binomial
+    standard errors (a false alarm about 6e-7 per run, for any seed); the other labels are the batch's; the mask
+    comes from the step's seed for the global batch, so two ranks' halves make the one-process batch."""
+    cfg = TrainConfig(T=20, batch_size=64, flip=False, channels_last=False, label_dropout=0.1, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    batch = (torch.zeros(64, 1, 8, 8), torch.randint(0, 10, (64,), generator=g))
+    dropped = 0
+    for step in range(400):
+        y = train_mod._step_inputs(batch, step, cfg, (1, 8, 8), slice(None), "cpu", 10)[3]
+        kept = y != 10
+        assert torch.equal(y[kept], batch[1][kept])
+        dropped += int((~kept).sum())
+    n, p = 400 * 64, cfg.label_dropout
+    assert abs(dropped / n - p) < 5 * math.sqrt(p * (1 - p) / n), dropped / n
+    halves = [train_mod._step_inputs((batch[0][part], batch[1][part]), 7, cfg, (1, 8, 8), part, "cpu", 10)[3]
+              for part in (slice(0, 32), slice(32, 64))]
+    assert torch.equal(torch.cat(halves), train_mod._step_inputs(batch, 7, cfg, (1, 8, 8), slice(None), "cpu", 10)[3])
+    for p, expected in ((0.0, batch[1]), (1.0, torch.full((64,), 10))):
+        y = train_mod._step_inputs(batch, 0, replace(cfg, label_dropout=p), (1, 8, 8), slice(None), "cpu", 10)[3]
+        assert torch.equal(y, expected)
+    assert train_mod._step_inputs(batch, 0, cfg, (1, 8, 8), slice(None), "cpu")[3] is None  # no labels: no draw
+
+
+def test_class_conditional_training_needs_labelled_data_a_network_with_classes_and_a_dropout_in_0_1(tmp_path):
+    from ddpm import UNet
+    cases = [
+        (TrainConfig(data="celeba", data_dir=str(tmp_path), class_conditional=True), None, None,
+         r"^class-conditional training needs labelled data \(digits or cifar10\); 'celeba' has no labels$"),
+        (TrainConfig(data=str(tmp_path / "faces.npy"), class_conditional=True), None, None,
+         r"needs labelled data \(digits or cifar10\); '.*faces.npy' has no labels"),
+        (config(tmp_path, class_conditional=True), UNet.preset("tiny", num_classes=10), images(),
+         r"needs labelled data: items \(image, label\)"),
+        (config(tmp_path, class_conditional=True), TinyNet(), list(zip(images(), torch.zeros(24, dtype=torch.long))),
+         r"needs a network with classes, called model\(x, t, y\)"),
+        (TrainConfig(class_conditional=True, label_dropout=1.5), None, None, r"label_dropout must lie in \[0, 1\]"),
+        (TrainConfig(label_dropout=-0.1), None, None, r"label_dropout must lie in \[0, 1\] .* got -0.1"),
+    ]
+    for cfg, net, data, message in cases:
+        with pytest.raises(ValueError, match=message) as error:
+            train(replace(cfg, out_dir=str(tmp_path / "run"), steps=1, sample_every=0), net, data, progress=False)
+        assert "\n" not in str(error.value)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_class_conditional_is_kept_on_resume_and_label_dropout_may_change(tmp_path):
+    cfg = config(tmp_path, steps=2, checkpoint_every=0)
+    train(cfg, TinyNet(), images(), progress=False)
+    with pytest.raises(ValueError, match=r"class_conditional=False there, True here"):
+        train(replace(cfg, resume=True, steps=3, class_conditional=True), TinyNet(), images(), progress=False)
+    train(replace(cfg, resume=True, steps=3, label_dropout=0.2), TinyNet(), images(), progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["changes"] == [{"step": 2, "label_dropout": [0.1, 0.2]}]
+
+
+class LabelRecorder(nn.Module):
+    """A class-conditional ε-network that predicts 0 and records the labels it is given."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.labels = []
+
+    def forward(self, x, t, y):
+        self.labels.append(y.clone())
+        return torch.zeros_like(x)
+
+
+def test_a_class_conditional_grid_draws_class_i_mod_10_ten_a_row(tmp_path, monkeypatch):
+    """Image i is of class i mod 10 (no guidance: the network is called once per step, with those labels), and the
+    grid has 10 images a row, so that column k is class k; under DDP each rank gives its rows their labels."""
+    cfg = TrainConfig(T=5, num_samples=12, class_conditional=True, bf16=False, image_size=8)
+    s, net, cpu = cfg.noise_schedule(), LabelRecorder(), torch.device("cpu")
+    train_mod._sample_grid(s, net, cfg, (1, 8, 8), cpu, tmp_path / "grid.png")
+    assert len(net.labels) == 5 and all(torch.equal(y, torch.arange(12) % 10) for y in net.labels)
+    assert Image.open(tmp_path / "grid.png").size == (10 * (64 + 2) + 2, 2 * (64 + 2) + 2)
+    monkeypatch.setattr(train_mod.dist, "all_gather", lambda out, mine: [o.copy_(mine) for o in out])
+    net.labels.clear()
+    train_mod._sample_grid(s, net, cfg, (1, 8, 8), cpu, tmp_path / "rank1.png", rank=1, world=2)
+    assert all(torch.equal(y, torch.arange(6, 12) % 10) for y in net.labels)

@@ -213,6 +213,7 @@ def test_timesteps_of_the_wrong_shape_are_refused(t):
     (dict(ch=32, num_groups=64), "multiple of num_groups=64"),
     (dict(image_size=10, ch_mult=(1, 2, 2)), "divisible by 4"),
     (dict(image_size=32, attn_resolutions=(4,)), r"among the resolutions .*\[32, 16\]"),
+    (dict(num_classes=0), "num_classes must be a positive integer"),
 ])
 def test_bad_configurations_are_refused(config, message):
     with pytest.raises(ValueError, match=message):
@@ -228,6 +229,68 @@ def test_odd_or_tiny_embedding_dimensions_are_refused():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match="celeba64"):
         UNet.preset("imagenet")
+
+
+# Class labels (classifier-free guidance) ---------------------------------------------------------------------
+
+def test_a_class_conditional_output_depends_on_the_label_and_none_is_the_null_class(gen):
+    m = perturbed(UNet.preset("tiny", num_classes=10), gen).eval()
+    x, t = inputs(m, 4, gen)
+    with torch.no_grad():
+        outs = [m(x, t, torch.full((4,), y)) for y in (0, 3, 9, 10)]
+        assert torch.equal(m(x, t), outs[-1]) and torch.equal(m(x, t, None), outs[-1])
+        mixed = m(x, t, torch.tensor([0, 3, 9, 10]))  # one batch, several labels: row i is its own label's output
+    gaps = [(a - b).abs().max().item() for i, a in enumerate(outs) for b in outs[i + 1:]]
+    assert min(gaps) > 1e-3, gaps
+    torch.testing.assert_close(mixed, torch.stack([outs[i][i] for i in range(4)]), rtol=0, atol=1e-6)
+
+
+def test_an_unconditional_unet_is_a_conditional_one_with_a_zero_label_embedding(gen, seed):
+    """The label embedding is the only new module (old checkpoints keep every name and load strict), and with it
+    zero the conditional network computes the unconditional one bit for bit, whatever the label."""
+    torch.manual_seed(seed)
+    plain = perturbed(UNet.preset("tiny"), gen).eval()
+    conditional = UNet.preset("tiny", num_classes=10).eval()
+    missing, unexpected = conditional.load_state_dict(plain.state_dict(), strict=False)
+    assert (missing, unexpected) == (["label_emb.weight"], []) and conditional.label_emb.weight.shape == (11, 128)
+    assert plain.label_emb is None and conditional.config == {**plain.config, "num_classes": 10}
+    with torch.no_grad():
+        conditional.label_emb.weight.zero_()
+        x, t = inputs(plain, 3, gen)
+        expected = plain(x, t)
+        assert expected.abs().max() > 0.1
+        for y in (None, torch.tensor([0, 5, 10])):
+            assert torch.equal(conditional(x, t, y), expected)
+
+
+def test_the_label_embedding_is_drawn_as_diffusers_draws_its_class_embedding(seed):
+    """N(0, 1), nn.Embedding's default, which UNet2DModel keeps: 11 x 128 draws, mean and std within 5 SE."""
+    torch.manual_seed(seed)
+    w = UNet.preset("tiny", num_classes=10).label_emb.weight.detach().double()
+    n = w.numel()
+    assert abs(w.mean()) < 5 / n ** 0.5 and abs(w.std() - 1) < 5 / (2 * n) ** 0.5
+
+
+def test_a_class_conditional_config_rebuilds_it_and_a_config_without_the_key_is_unconditional():
+    m = UNet.preset("tiny", num_classes=10)
+    assert UNet(**m.config).num_classes == 10 and UNet(**m.config).label_emb.weight.shape == (11, 128)
+    old = {k: v for k, v in m.config.items() if k != "num_classes"}  # a checkpoint written before labels existed
+    assert UNet(**old).num_classes is None
+
+
+@pytest.mark.parametrize("model, y, message", [
+    ("plain", torch.zeros(3, dtype=torch.long), r"this UNet has no classes \(num_classes=None\); call model\(x, t\) "
+                                                r"or build it with num_classes=K"),
+    ("conditional", torch.zeros(2, dtype=torch.long), r"labels y as a tensor of shape \[3\] .* got \(2,\)"),
+    ("conditional", 3, r"labels y as a tensor of shape \[3\] .* got int"),
+    ("conditional", torch.zeros(3), r"labels y must be integers, got torch.float32"),
+    ("conditional", torch.tensor([0, 11, -1]), r"labels y must lie in 0..9, or 10 for the null class .* \[-1, 11\]"),
+])
+def test_labels_that_do_not_fit_are_refused_in_one_line(model, y, message):
+    m = UNet.preset("tiny", num_classes=None if model == "plain" else 10)
+    with pytest.raises(ValueError, match=message) as error:
+        m(torch.zeros(3, 1, 8, 8), torch.ones(3, dtype=torch.long), y)
+    assert "\n" not in str(error.value)
 
 
 # Fast paths ---------------------------------------------------------------------------------------------------
@@ -284,12 +347,15 @@ def test_a_posterior_mean_output_is_not_rounded_to_bf16_under_autocast(t, gen):
     assert eps_error(mixed) * 20 < eps_error(full.bfloat16()), (eps_error(mixed), eps_error(full.bfloat16()))
 
 
-def test_torch_compile_traces_the_whole_model_without_graph_breaks(gen):
-    m = perturbed(UNet.preset("tiny"), gen).eval()
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_torch_compile_traces_the_whole_model_without_graph_breaks(num_classes, gen):
+    """With labels too: their range check, a read on the host, is left out while tracing."""
+    m = perturbed(UNet.preset("tiny", num_classes=num_classes), gen).eval()
     x, t = inputs(m, 2, gen)
+    y = None if num_classes is None else torch.tensor([3, 10])
     compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x, t), m(x, t))
+        torch.testing.assert_close(compiled(x, t, y), m(x, t, y))
 
 
 # Initialisation of q, k and v (issue 8, item 18) -------------------------------------------------------------
