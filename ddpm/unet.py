@@ -318,11 +318,12 @@ class UNet(nn.Module):
         falls below bf16's resolution of |μ̃| ≈ 1 from t ≈ 436 on).
         """
         self.check_input(x, t, y)
-        emb = self.emb[:3](timestep_embedding(t - self.t_offset, self.ch).to(self.emb[0].weight.dtype))
-        if self.label_emb is not None:
+        sinusoid = timestep_embedding(t - self.t_offset, self.ch).to(self.emb[0].weight.dtype)
+        if self.label_emb is None:
+            emb = self.emb(sinusoid)   # one call of the module, which forward hooks see (chapter 6's diagram)
+        else:
             y = torch.full((len(x),), self.num_classes, device=x.device) if y is None else y.long()
-            emb = emb + self.label_emb(y)
-        emb = self.emb[3](emb)
+            emb = self.emb[3](self.emb[:3](sinusoid) + self.label_emb(y))
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:

@@ -97,6 +97,21 @@ def test_forward_shapes(config, gen):
     assert out.shape == (2, config.get("out_channels", m.in_channels), m.image_size, m.image_size)
 
 
+def test_forward_hooks_see_every_module_of_an_unconditional_unet_once(gen):
+    """Chapter 6 draws the U-Net's block diagram from the shapes that forward hooks record: every module of the
+    network, the time embedding's Sequential included, must be called as itself (a slice of it is a new
+    module, which no hook on the original sees)."""
+    model = UNet.preset("tiny")
+    calls = {}
+    for m in model.modules():
+        m.register_forward_hook(lambda mod, args, out: calls.__setitem__(mod, calls.get(mod, 0) + 1))
+    with torch.no_grad():
+        model(torch.randn(2, 1, 8, 8, generator=gen), torch.tensor([1, 500]))
+    assert calls.get(model.emb) == 1 and calls.get(model) == 1
+    leaves = [m for m in model.modules() if not list(m.children())]
+    assert all(calls.get(m, 0) >= 1 for m in leaves), "every layer runs as itself"
+
+
 def test_config_rebuilds_the_same_architecture():
     m = UNet.preset("tiny", image_size=16, out_channels=2)
     twin = UNet(**m.config)
