@@ -54,7 +54,13 @@ class Attention(nn.Module):
         # [B, HW, 3C]: free under channels_last; otherwise a copy, which lets SDPA use its fused kernels
         qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).contiguous()
         q, k, v = qkv.reshape(B, 1, H * W, 3, C).unbind(3)                  # each [B, 1 head, HW, C]
-        h = F.scaled_dot_product_attention(q, k, v)                         # softmax(q kᵀ / √C) v
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # the CPU's fused bf16 kernel is slow on short sequences: the tiny U-Net's bf16 training step is
+            # 1.15x faster with attention in float32 (benchmarks/RESULTS.md)
+            with torch.autocast("cpu", enabled=False):
+                h = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        else:
+            h = F.scaled_dot_product_attention(q, k, v)                     # softmax(q kᵀ / √C) v
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
 
