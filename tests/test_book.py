@@ -22,7 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from chapter_times import longest_first, paired, recorded_seconds
+from chapter_times import longest_first, paired, recorded_seconds, unit_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -151,17 +151,25 @@ def test_every_bibliography_entry_is_cited():
     assert not unused, f"in book/references.bib but never cited: {unused}"
 
 
-def test_chapter_orders_put_the_longest_first_and_pair_it_with_the_shortest(tmp_path):
-    times = {"a": 5, "b": 300, "c": 40, "d": 1, "e": 120}
-    for name, seconds in times.items():
-        cell = {"cell_type": "code", "source": "", "outputs": [], "execution_count": 1, "metadata": {"execution": {
+def test_chapter_orders_put_the_longest_first_pair_it_with_the_shortest_and_keep_shared_runs_together(tmp_path):
+    def cell(seconds, source=""):
+        return {"cell_type": "code", "source": source, "outputs": [], "execution_count": 1, "metadata": {"execution": {
             "iopub.execute_input": "2026-01-01T00:00:00.000000Z",
             "shell.execute_reply": f"2026-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}.500000Z"}}}
-        (tmp_path / f"{name}.ipynb").write_text(json.dumps({"cells": [cell, cell]}), encoding="utf-8")
+
+    cells = {name: [cell(seconds), cell(seconds)] for name, seconds in {"a": 5, "b": 300, "c": 40, "d": 1, "e": 100}.items()}
+    # chapters 7 and 10 ask ddpm.book.train for the same run: 150 s of training, done once
+    cells["07_training"] = [cell(50), cell(150, "result = ddpm.book.train(config)")]
+    cells["10_epilogue"] = [cell(150, "result = ddpm.book.train(recipe)"), cell(30)]
+    for name, notebook_cells in cells.items():
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps({"cells": notebook_cells}), encoding="utf-8")
     paths = sorted(tmp_path.glob("*.ipynb"))
     assert recorded_seconds(tmp_path / "b.ipynb") == 2 * 300.5
-    assert [p.stem for p in longest_first(paths)] == ["b", "e", "c", "a", "d"]
-    assert [p.stem for p in paired(paths)] == ["b", "d", "e", "a", "c"]
+    order = longest_first(paths)
+    assert [[p.stem for p in unit] for unit in order] == [
+        ["b"], ["07_training", "10_epilogue"], ["e"], ["c"], ["a"], ["d"]]
+    assert unit_seconds(order[1]) == 50.5 + 150.5 + 30.5   # the second reuses the first's run
+    assert [p.stem for p in paired(paths)] == ["b", "d", "07_training", "10_epilogue", "e", "a", "c"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
