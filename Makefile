@@ -18,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 # then reads (execute_notebooks: cache): never stale, and about half the time of a serial execution.
 # They are added longest first, each long one paired with a short one (tests/chapter_times.py), so that
 # the two processes finish together. All chapters get one fresh seed and one DDPM_CACHE, where chapter 10
-# finds the digits model that chapter 7 trained (ddpm.book.train).
+# finds the digits model that chapter 7 trained (ddpm.book.train): the two make one chunk, run in turn.
 CACHE := _build/.jupyter_cache
 RUNS := _build/.ddpm_cache
 book: $(STAMP)
