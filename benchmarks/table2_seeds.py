@@ -101,4 +101,4 @@ def summarize(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main(__doc__, one_seed, summarize, steps=500, batch=64, n_bpd=32, n_fd=64, n_kid=128)
+    main(__doc__, one_seed, summarize, steps=500, batch=64, n_bpd=32, n_fd=64, n_kid=64)
