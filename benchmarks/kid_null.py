@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import scipy.stats
 import torch
 
 import ddpm
@@ -55,14 +56,8 @@ def summarize(rows: list[dict]) -> str:
     for b in BARS:
         side, word = ("below", "z < ") if b < 0 else ("above", "z > ")
         k = sum(r[side][str(b)] for r in rows)
-        # exact one-sided 95% upper limit for a binomial count (Clopper-Pearson), by bisection
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            p = (lo + hi) / 2
-            cdf = sum(torch.distributions.Binomial(n, torch.tensor(p)).log_prob(torch.tensor(float(i))).exp().item()
-                      for i in range(k + 1))
-            lo, hi = (p, hi) if cdf > 0.05 else (lo, p)
-        lines.append(f"| {word}{b} | {k} | {k / n:.1e} | {hi:.1e} |")
+        upper = scipy.stats.beta.ppf(0.95, k + 1, n - k)   # Clopper-Pearson, one-sided 95%
+        lines.append(f"| {word}{b} | {k} | {k / n:.1e} | {upper:.1e} |")
     return "\n".join(lines)
 
 

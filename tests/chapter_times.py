@@ -73,7 +73,10 @@ def paired(paths) -> list[Path]:
     chapter left without a partner last, so that every other chunk stays aligned on two."""
     chunks, singles = [], []
     for unit in longest_first(paths):
-        (chunks if len(unit) == 2 else singles).append(unit if len(unit) == 2 else unit[0])
+        if len(unit) > 1:
+            chunks.append(unit)
+        else:
+            singles.append(unit[0])
     while len(singles) > 1:
         chunks.append([singles.pop(0), singles.pop()])
     chunks.sort(key=lambda chunk: sum(unit_seconds(u) for u in units(chunk)), reverse=True)
