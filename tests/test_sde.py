@@ -105,11 +105,15 @@ def test_ode_maps_gaussian_data_by_its_standardised_coordinate(vp, gen, method, 
 def test_ode_log_likelihood_is_the_log_density_and_converges_at_fourth_order(vp, gen):
     mix = ddpm.GaussianMixture(ddpm.NoiseSchedule.linear(10), [[-1.0, 0.0], [1.0, 0.5]], [0.3, 0.5])
     score = S.MixtureScore(mix, vp)
-    x0 = mix.sample(40, gen)
+    x0 = mix.sample(200, gen)
     true = mix.log_density(x0, 0)
-    errors = [(S.ode_log_likelihood(vp, score, x0, n, lambda x: score.log_density(x, 1.0)) - true).abs().max()
-              for n in (25, 50)]
-    assert errors[1] < 1e-4 and errors[0] / errors[1] > 8
+    errors = [(S.ode_log_likelihood(vp, score, x0, n, lambda x: score.log_density(x, 1.0)) - true).abs()
+              for n in (100, 200)]
+    # RK4's order from the median error (the largest is set by paths between the components);
+    # over 300 seeds (benchmarks/ode_likelihood_unit.py) the order ran 3.70-4.20 (SD 0.085), the
+    # median error 3.7e-9 to 1.1e-8 and the largest 5.6e-8 to 6.9e-7: every bar over 10 SD away
+    assert errors[1].max() < 1e-5 and errors[1].median() < 1e-7
+    assert math.log2(errors[0].median() / errors[1].median()) > 3
 
 
 @pytest.mark.parametrize("sampler", ["sde", "pc"])
