@@ -1,9 +1,10 @@
 """Chapter 12's guidance sweep over several seeds: what classifier-free guidance buys and costs on digits.
 
 For each seed, train the class-conditional digits model exactly as the chapter's quick mode does (chapter
-7's recipe with labels, 10% of them dropped to the null class) and the digits classifier with the same
-seed; then draw n_per samples of each class with DDIM (eta = 0, ddim_steps steps) from one shared x_T for
-every guidance weight w, and score them as the chapter does:
+7's recipe with labels, 10% of them dropped to the null class, for train_steps steps: 1000, where chapter 7
+trains 1500) and the digits classifier with the same seed; then draw n_per samples of each class with DDIM
+(eta = 0, ddim_steps steps; the network in bf16 where it trained in bf16, as the chapter samples) from one
+shared x_T for every guidance weight w, and score them as the chapter does:
 
 - accuracy: the share of samples the classifier puts in the requested class, with its binomial SE, and
   the paired difference from w = 0 (the same x_T), with the SE of the per-sample differences;
@@ -12,10 +13,10 @@ every guidance weight w, and score them as the chapter does:
   over the 10 classes (SE: root of the summed squared SEs over 10), and the paired difference from w = 0
   (ddpm.kid_difference per class, averaged the same way).
 
-    python benchmarks/guidance_seeds.py --seeds 0 1 2 3 4 --json benchmarks/guidance_seeds.jsonl
+    python benchmarks/guidance_seeds.py --seeds 0 1 2 3 4 5 6 7 --json benchmarks/guidance_seeds.jsonl
     python benchmarks/guidance_seeds.py --summarize benchmarks/guidance_seeds.jsonl
 
-``--train-steps`` (0: the package default) is only for a smoke test of this script.
+``--train-steps 0`` trains the package default (1500 steps), the chapter's length before 2026-12-05.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def one_seed(seed: int, n_per: int = 32, ddim_steps: int = 50, train_steps: int 
     x_T = torch.randn(len(y), 1, 8, 8, generator=g)
     tick = time.perf_counter()
     samples = {w: ddpm.ddim_sample(s, ddpm.classifier_free_guidance(model, y, w), x_T.shape, ddim_steps,
-                                   x_T=x_T) for w in WEIGHTS}
+                                   x_T=x_T, bf16=used.bf16) for w in WEIGHTS}
     sample_s = time.perf_counter() - tick
     with torch.no_grad():
         hit = {w: (classifier(to_model_range(to_uint8(x))).argmax(1) == y).double() for w, x in samples.items()}
@@ -116,4 +117,4 @@ def summarize(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    main(__doc__, one_seed, summarize, n_per=32, ddim_steps=50, train_steps=0)
+    main(__doc__, one_seed, summarize, n_per=32, ddim_steps=50, train_steps=1000)
