@@ -7,6 +7,9 @@ digits classifier; also two halves of the held-out digits against each other (th
 noise (the ceiling); and each sampler's paired difference from DDIM with 200 steps (ddpm.kid_difference).
 Exactly the chapter's computation in quick mode.
 
+Since 2026-12-05 the network samples in bf16 where it trained in bf16, as the chapter does; rows written
+before that date sampled in float32 (what that changes: sampling_bf16_trained.py, SAMPLING_BF16.md).
+
     python benchmarks/ddim_seeds.py --seeds 0 1 2 3 4 --json benchmarks/ddim_seeds.jsonl
     python benchmarks/ddim_seeds.py --summarize benchmarks/ddim_seeds.jsonl
 """
@@ -36,8 +39,9 @@ def one_seed(seed: int, n: int = 128) -> dict:
     half = torch.randperm(len(test), generator=gen)
     floor = ddpm.kid(real[half[: len(test) // 2]], real[half[len(test) // 2:]])
     x_T = torch.randn(n, 1, 8, 8, generator=gen)
-    samples = {str(k): ddpm.ddim_sample(s, model, x_T.shape, k, eta=0.0, x_T=x_T) for k in N_STEPS}
-    samples["algorithm 2"] = ddpm.sample(s, model, x_T.shape, generator=gen, x_T=x_T)
+    bf16 = result.config.bf16
+    samples = {str(k): ddpm.ddim_sample(s, model, x_T.shape, k, eta=0.0, x_T=x_T, bf16=bf16) for k in N_STEPS}
+    samples["algorithm 2"] = ddpm.sample(s, model, x_T.shape, generator=gen, x_T=x_T, bf16=bf16)
     samples["uniform noise"] = torch.rand(x_T.shape, generator=gen) * 2 - 1
     features = {k: ddpm.digit_features(classifier, x) for k, x in samples.items()}
     kid = {k: tuple(ddpm.kid(f, real)) for k, f in features.items()}

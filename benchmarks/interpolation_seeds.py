@@ -12,6 +12,9 @@ and the digits classifier with the same seed, then do exactly what the chapter's
   (chance: 0.1), mean and standard error over the 10 sources, and the paired difference t = 100 minus
   t = 1000.
 
+Since 2026-12-05 the network samples in bf16 where it trained in bf16, as the chapter does; rows written
+before that date sampled in float32 (what that changes: sampling_bf16_trained.py, SAMPLING_BF16.md).
+
     python benchmarks/interpolation_seeds.py --seeds 0 1 2 3 4 --json benchmarks/interpolation_seeds.jsonl
     python benchmarks/interpolation_seeds.py --summarize benchmarks/interpolation_seeds.jsonl
 
@@ -75,7 +78,7 @@ def one_seed(seed: int, n_pairs: int = 16, t_mix: int = 250, k: int = 2, train_s
     decoded, pixel = {}, {}
     for lam in LAMBDAS:
         mix = (1 - lam) * xt_a + lam * xt_b
-        decoded[lam] = ddpm.sample(s, model, None, x_T=mix, start_t=t_mix,
+        decoded[lam] = ddpm.sample(s, model, None, x_T=mix, start_t=t_mix, bf16=result.config.bf16,
                                    generator=torch.Generator().manual_seed(seed + 80))
         pixel[lam] = (1 - lam) * a + lam * b
     rms = lambda x: x.pow(2).flatten(1).mean(1).sqrt().mean().item()
@@ -98,7 +101,7 @@ def one_seed(seed: int, n_pairs: int = 16, t_mix: int = 250, k: int = 2, train_s
             if u in start:
                 x = start[u] if x is None else torch.cat([x, start[u]])
                 order_t.append(u)
-            x, _ = ddpm.p_sample(s, model, x, u, torch.randn(x.shape, generator=g))
+            x, _ = ddpm.p_sample(s, model, x, u, torch.randn(x.shape, generator=g), bf16=result.config.bf16)
     endings = dict(zip(order_t, x.split([len(start[u]) for u in order_t])))
     with torch.no_grad():
         kept = {t: (classifier(endings[t]).argmax(1) == y0.repeat_interleave(k)).double()

@@ -7,6 +7,9 @@ them against all 359 held-out digits, with the paired differences from (eps, sim
 Fréchet distance of the first n_fd of them next to real-vs-real. Prints one JSON line per seed; the
 chapter's prose quotes the spread across seeds.
 
+Since 2026-12-05 the network samples in bf16 where it trained in bf16, as the chapter does; rows written
+before that date sampled in float32 (what that changes: sampling_bf16_trained.py, SAMPLING_BF16.md).
+
     python benchmarks/table2_seeds.py --seeds 0 1 2 3 4 --json table2_seeds.jsonl
     python benchmarks/table2_seeds.py --summarize table2_seeds.jsonl   # the table of TABLE2.md
 """
@@ -28,13 +31,14 @@ CELLS = {"eps, simple": ("eps", "simple"), "eps, bound": ("eps", "vlb"),
 
 def one_seed(seed: int, steps: int, batch: int, n_bpd: int, n_fd: int, n_kid: int) -> dict:
     s = ddpm.NoiseSchedule.linear(T=1000, beta_1=1e-4, beta_T=0.02)
-    models, tick = {}, time.perf_counter()
+    models, bf16, tick = {}, {}, time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name, (param, loss) in CELLS.items():
             config = ddpm.TrainConfig(data="digits", loss=loss, parameterization=param, steps=steps,
                                       batch_size=batch, lr=2e-4, seed=seed, out_dir=f"{tmp}/{param}-{loss}",
                                       sample_every=0, checkpoint_every=steps)
-            models[name] = ddpm.as_eps_model(s, train(config, progress=False).ema.eval(), param)
+            run = train(config, progress=False)
+            models[name], bf16[name] = ddpm.as_eps_model(s, run.ema.eval(), param), run.config.bf16
     train_s = time.perf_counter() - tick
     test = ddpm.digits("test")
     gen = torch.Generator().manual_seed(seed)
@@ -47,7 +51,7 @@ def one_seed(seed: int, steps: int, batch: int, n_bpd: int, n_fd: int, n_kid: in
     real = test[order[-n_fd:]]
     fd, features, tick = {}, {}, time.perf_counter()
     for name, m in models.items():
-        x = ddpm.sample(s, m, (n_kid, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+        x = ddpm.sample(s, m, (n_kid, 1, 8, 8), generator=torch.Generator().manual_seed(seed), bf16=bf16[name])
         fd[name] = ddpm.digits_frechet_distance(x[:n_fd], real, classifier)
         features[name] = ddpm.digit_features(classifier, x)
     sample_s = time.perf_counter() - tick

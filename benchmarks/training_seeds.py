@@ -10,6 +10,9 @@ compute what chapter 7 asserts on:
   the digits classifier; the paired difference Gaussian fit minus EMA (ddpm.kid_difference) in its standard
   error; and two halves of the held-out digits against each other (the floor), in its standard error.
 
+Since 2026-12-05 the network samples in bf16 where it trained in bf16, as the chapter does; rows written
+before that date sampled in float32 (what that changes: sampling_bf16_trained.py, SAMPLING_BF16.md).
+
     python benchmarks/training_seeds.py --seeds 0 1 2 3 4 5 --json benchmarks/training_seeds.jsonl
     python benchmarks/training_seeds.py --summarize benchmarks/training_seeds.jsonl
 """
@@ -50,7 +53,8 @@ def one_seed(seed: int, n: int = 128) -> dict:
                 for k, net in nets.items()}
     gain = loss["raw"] - loss["EMA"]
 
-    samples = {k: ddpm.sample(s, net, (n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+    samples = {k: ddpm.sample(s, net, (n, 1, 8, 8), generator=torch.Generator().manual_seed(seed),
+                              bf16=result.config.bf16)
                for k, net in nets.items()}
     flat = train_x.flatten(1).double()
     z = torch.randn(len(test_x), len(flat), generator=gen, dtype=torch.float64)
