@@ -129,10 +129,13 @@ def test_notebook_is_small_and_committed_executed_in_quick_mode(chapter):
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=chapter_ids)
 def test_rendered_page_rules(chapter):
     """What the rendered page needs: code that does not scroll sideways, no temporary paths that change every
-    run, no single output over 500 kB, no saved widget state (a static page cannot run it)."""
+    run, no single output over 500 kB, no saved widget state (a static page cannot run it), and no control
+    characters in the text (a "\\times" written through a Python string becomes a tab and "imes")."""
     nb = read(chapter)
     assert "widgets" not in nb.metadata, "strip the saved widget state from the notebook's metadata"
     for i, cell in enumerate(nb.cells):
+        control = sorted({repr(c) for c in cell.source if ord(c) < 32 and c != "\n"})
+        assert not control, f"cell {i}: control characters {', '.join(control)} in its source (an unescaped backslash?)"
         if cell.cell_type != "code":
             continue
         long = [line for line in cell.source.splitlines() if len(line) > 88]
