@@ -2,12 +2,12 @@
 float32/float64 whatever the training precision, and a bf16-trained model is as good as an fp32 one."""
 
 import math
-import warnings
 
 import pytest
 import torch
 
 import ddpm
+from ddpm.config import native_bf16
 from ddpm.train import TrainConfig, train
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
@@ -80,6 +80,12 @@ def _held_out_l_simple(s, model, x0, draws, seed):
     return per_image / draws
 
 
+# Emulated bf16 trains the tiny U-Net about 18 times slower than float32 (2.2 s a step at batch 64 on a
+# 2-core AVX2 EPYC, against 0.12 s), which made this test 690 s of `make test` there. Such a CPU never
+# trains in bf16 unless asked (ddpm.config.resolve), and the mechanics of the bf16 path are tested above
+# and below on every CPU; the quality of what it trains is tested where it is native.
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")),
+                    reason="bf16 is emulated on this CPU (about 18x slower than float32, never the default)")
 def test_a_bf16_trained_digits_model_is_as_good_as_an_fp32_one(s, tmp_path, seed):
     """Two runs that differ only in precision (same seed, data, t and noise), scored on the 359 held-out
     digits with shared draws. The bar: bf16 is not worse than fp32 by more than 4 standard errors of the
@@ -87,13 +93,10 @@ def test_a_bf16_trained_digits_model_is_as_good_as_an_fp32_one(s, tmp_path, seed
     different seeds differ by 0.4-0.5% (measured at 300 steps: 0.1125 vs 0.1129 and 0.1174 vs 0.1167,
     ±0.0003), and the bf16 run of the same seed by 0.0000-0.0001 on an AVX512-BF16 CPU."""
     models = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # bf16 on a CPU without native support is emulated: slow, not wrong
-        for bf16 in (False, True):
-            config = TrainConfig(data="digits", steps=STEPS, batch_size=64, seed=seed % 2**31, bf16=bf16,
-                                 out_dir=str(tmp_path / f"bf16-{bf16}"), sample_every=0,
-                                 checkpoint_every=STEPS)
-            models[bf16] = train(config, progress=False).ema.eval()
+    for bf16 in (False, True):
+        config = TrainConfig(data="digits", steps=STEPS, batch_size=64, seed=seed % 2**31, bf16=bf16,
+                             out_dir=str(tmp_path / f"bf16-{bf16}"), sample_every=0, checkpoint_every=STEPS)
+        models[bf16] = train(config, progress=False).ema.eval()
     test = ddpm.digits("test")
     fp32, bf16 = (_held_out_l_simple(s, models[b], test, draws=8, seed=seed) for b in (False, True))
     diff = bf16 - fp32
