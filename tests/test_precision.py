@@ -80,12 +80,12 @@ def _held_out_l_simple(s, model, x0, draws, seed):
     return per_image / draws
 
 
-# Emulated bf16 trains the tiny U-Net about 18 times slower than float32 (2.2 s a step at batch 64 on a
-# 2-core AVX2 EPYC, against 0.12 s), which made this test 690 s of `make test` there. Such a CPU never
+# Emulated bf16 trains the tiny U-Net about 16 times slower than float32 (2.2 s a step at batch 64 on a
+# 2-core AVX2 EPYC, against 0.13 s), which made this test 690 s of `make test` there. Such a CPU never
 # trains in bf16 unless asked (ddpm.config.resolve), and the mechanics of the bf16 path are tested above
 # and below on every CPU; the quality of what it trains is tested where it is native.
 @pytest.mark.skipif(not native_bf16(torch.device("cpu")),
-                    reason="bf16 is emulated on this CPU (about 18x slower than float32, never the default)")
+                    reason="bf16 is emulated on this CPU (about 16x slower than float32, never the default)")
 def test_a_bf16_trained_digits_model_is_as_good_as_an_fp32_one(s, tmp_path, seed):
     """Two runs that differ only in precision (same seed, data, t and noise), scored on the 359 held-out
     digits with shared draws. The bar: bf16 is not worse than fp32 by more than 4 standard errors of the
